@@ -1,0 +1,56 @@
+# Lookalike: `make run` and `make test` do all the set-up on a fresh Debian machine
+# (virtual environment, Python packages, Debian packages, the demo gallery). Both are idempotent.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PORT ?= 8501
+export DEBIAN_FRONTEND := noninteractive
+export LOOKALIKE_DATA ?= $(CURDIR)/data
+
+.PHONY: run test install browser demo lint typecheck unit bench clean
+
+## run: set up everything, fetch and index the demo gallery, start the app on $(PORT)
+run: demo
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --server.address 0.0.0.0
+
+## test: the same set-up, then lint, type checks and the whole test suite (browser tests too)
+test: demo browser lint typecheck unit
+
+install: $(STAMP)
+
+# torch/torchvision come from this machine's disk (see requirements.txt); the stamp is
+# rebuilt whenever a requirements file changes.
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+## browser: Debian's chromium for the Playwright tests (Playwright cannot download browsers here)
+browser:
+	@command -v chromium >/dev/null || { apt-get update -y && apt-get install -y --no-install-recommends chromium; }
+
+## demo: fetch the Debian tuxpaint stamps and ingest them with folder labels (idempotent)
+demo: install
+	$(PY) -m core demo-data
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+unit: install
+	$(PY) -m pytest
+
+## bench: ingest speed, search latency and index recall on the demo gallery
+bench: demo
+	$(PY) -m core bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

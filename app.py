@@ -1,0 +1,18 @@
+"""Lookalike's entry point: page config, navigation and the shared sidebar; no logic here."""
+
+import streamlit as st
+
+from ui.resources import get_studio
+from ui.widgets import sidebar
+
+st.set_page_config(page_title="Lookalike", page_icon="assets/logo.svg", layout="wide")
+
+navigation = st.navigation(
+    [
+        st.Page("pages/search.py", title="Search", icon=":material/image_search:", default=True),
+        st.Page("pages/gallery.py", title="Gallery", icon=":material/photo_library:"),
+    ]
+)
+st.logo("assets/logo.svg")
+sidebar(get_studio())
+navigation.run()

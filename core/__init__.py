@@ -1,0 +1,1 @@
+"""Lookalike's product code: everything but the Streamlit pages. Never imports streamlit."""

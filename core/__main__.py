@@ -1,0 +1,212 @@
+"""Command line: `python -m core COMMAND [--data-dir D] [--json] …` (DESIGN.md, "Command line").
+
+Thin like the pages: parse, call `Studio`, print. With `--json` stdout carries exactly one JSON
+document; progress and logs go to stderr. User errors exit 1 with one sentence on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+USER_ERRORS: tuple[type[Exception], ...] = ()  # filled in main() after the heavy imports
+
+
+def _progress(label: str) -> Callable[[int, int], None]:
+    """Progress on stderr: one line updated in place on a terminal, every 10 % in a log."""
+    interactive = sys.stderr.isatty()
+    last_tenth = {"value": -1}
+
+    def report(done: int, total: int) -> None:
+        if interactive:
+            end = "\n" if done >= total else ""
+            print(f"\r{label}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+            return
+        tenth = 10 * done // max(total, 1)
+        if tenth != last_tenth["value"]:
+            last_tenth["value"] = tenth
+            print(f"{label}: {done}/{total}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _emit(payload: Any, as_json: bool, text: str) -> None:
+    print(json.dumps(payload, indent=2) if as_json else text)
+
+
+def cmd_ingest(studio: Any, args: argparse.Namespace) -> int:
+    report = studio.ingest(
+        args.paths, label_from_folders=args.label_from_folders, progress=_progress("ingest")
+    )
+    return _report_ingest(report, args.json)
+
+
+def cmd_demo_data(studio: Any, args: argparse.Namespace) -> int:
+    return _report_ingest(studio.demo_data(progress=_progress("demo-data")), args.json)
+
+
+def _report_ingest(report: Any, as_json: bool) -> int:
+    lines = [
+        f"added {report.added}, duplicates {report.duplicates}, rejected {len(report.rejected)}"
+    ]
+    lines += [f"  rejected {r.path}: {r.reason}" for r in report.rejected]
+    _emit(report.as_dict(), as_json, "\n".join(lines))
+    return 0
+
+
+def cmd_search(studio: Any, args: argparse.Namespace) -> int:
+    from core.images import ImageError, load_image
+
+    queries: list[dict[str, Any]] = []
+    failed = 0
+    for path in args.images:
+        try:
+            image = load_image(path, limits=studio.settings.images).image
+        except ImageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            queries.append({"query": path, "error": str(exc), "results": []})
+            failed += 1
+            continue
+        results = studio.search([image], k=args.k)[0]
+        queries.append({"query": path, "results": [r.as_dict() for r in results]})
+    payload = {"model": studio.active_version().version, "queries": queries}
+    text = "\n".join(
+        f"{q['query']}\n"
+        + "\n".join(
+            f"  {r['rank']:>3}  {r['score']:.4f}  {r['label'] or '-':<32} {r['path']}"
+            for r in q["results"]
+        )
+        for q in queries
+    )
+    _emit(payload, args.json, text)
+    return 1 if failed else 0
+
+
+def cmd_evaluate(studio: Any, args: argparse.Namespace) -> int:
+    result = studio.evaluate(args.model, args.split, args.k).as_dict()
+    text = "\n".join(
+        f"{key:>15}: {value:.4f}" if isinstance(value, float) else f"{key:>15}: {value}"
+        for key, value in result.items()
+    )
+    _emit(result, args.json, text)
+    return 0
+
+
+def _version_row(version: Any) -> dict[str, Any]:
+    return {
+        "version": version.version,
+        "active": version.active,
+        "parent": version.parent,
+        "created_at": version.created_at,
+        "metrics": version.card.get("metrics", {}),
+    }
+
+
+def cmd_models(studio: Any, args: argparse.Namespace) -> int:
+    rows = [_version_row(v) for v in studio.store.list_model_versions()]
+    text = "\n".join(
+        f"{'*' if r['active'] else ' '} {r['version']:<10} parent={r['parent']} {r['created_at']}"
+        for r in rows
+    )
+    _emit(rows, args.json, text)
+    return 0
+
+
+def cmd_activate(studio: Any, args: argparse.Namespace) -> int:
+    version = studio.store.activate(args.version)
+    _emit({"active": version.version}, args.json, f"active: {version.version}")
+    return 0
+
+
+def cmd_bench(studio: Any, args: argparse.Namespace) -> int:
+    from core.bench import run_bench
+    from core.demo import STAMPS_SUBDIR
+
+    folder = Path(args.folder) if args.folder else studio.settings.demo_dir / "root" / STAMPS_SUBDIR
+    figures = run_bench(studio, folder, args.images, args.queries, args.k)
+    _emit(figures, args.json, "\n".join(f"{key:>22}: {value}" for key, value in figures.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="data directory (default: $LOOKALIKE_DATA or ./data)")
+    common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    parser = argparse.ArgumentParser(prog="python -m core", description="Lookalike command line.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(
+        name: str, handler: Callable[[Any, argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, parents=[common], help=help_, description=help_)
+        command.set_defaults(handler=handler)
+        return command
+
+    ingest = add("ingest", cmd_ingest, "Add files, folders and zip archives to the gallery.")
+    ingest.add_argument("paths", nargs="+")
+    ingest.add_argument(
+        "--label-from-folders", action="store_true", help="label = parent folder path"
+    )
+    add("demo-data", cmd_demo_data, "Fetch the Debian tuxpaint stamps and ingest them with labels.")
+    search = add("search", cmd_search, "Rank the gallery against one or more query images.")
+    search.add_argument("images", nargs="+")
+    search.add_argument("-k", type=int, default=10)
+    evaluate = add("evaluate", cmd_evaluate, "Offline ranking metrics of a model version.")
+    evaluate.add_argument("--model", help="version (default: the active one)")
+    evaluate.add_argument("--split", choices=("all", "train", "test"), default="all")
+    evaluate.add_argument("-k", type=int, default=10)
+    add("models", cmd_models, "List model versions.")
+    activate = add("activate", cmd_activate, "Make a model version the one search uses.")
+    activate.add_argument("version")
+    bench = add("bench", cmd_bench, "Measure ingest speed, search latency and index recall.")
+    bench.add_argument("--folder", help="images to time ingest on (default: the demo stamps)")
+    bench.add_argument("--images", type=int, default=200, help="how many images to ingest")
+    bench.add_argument("--queries", type=int, default=50, help="how many searches to time")
+    bench.add_argument("-k", type=int, default=10)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+    warnings.simplefilter("ignore")  # library deprecation chatter is not for users
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    from core.config import ConfigError, load_settings
+    from core.demo import DemoDataError
+    from core.encoder import EncoderError
+    from core.evaluation import EvaluationError
+    from core.images import ImageError
+    from core.index import VectorIndexError
+    from core.store import StoreError
+    from core.studio import EmptyGalleryError, Studio
+
+    errors = (
+        ConfigError,
+        DemoDataError,
+        EncoderError,
+        EvaluationError,
+        ImageError,
+        VectorIndexError,
+        StoreError,
+        EmptyGalleryError,
+    )
+    try:
+        studio = Studio(load_settings(args.data_dir))
+        return int(args.handler(studio, args))
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

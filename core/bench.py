@@ -1,0 +1,90 @@
+"""Performance figures, measured (never asserted in unit tests): `python -m core bench`.
+
+- ingest images/s: a sample of a folder (default: the demo stamps) into a throw-away data dir;
+- query latency p50/p95: encode one uploaded image and search the active index, encoder warm;
+- index recall@10 of the HNSW index against exact search, every gallery vector as a query.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from core.demo import DEMO_EXTENSIONS
+from core.images import load_image
+from core.index import recall_against_exact
+from core.ingest import Candidate, iter_candidates
+from core.studio import Studio
+
+
+def bench_ingest(studio: Studio, folder: Path, n_images: int) -> dict[str, float]:
+    """Ingest up to `n_images` PNGs of `folder` into a temporary data directory."""
+    candidates = [
+        c for c in iter_candidates([folder], extensions=DEMO_EXTENSIONS) if isinstance(c, Candidate)
+    ]
+    sample = random.Random(0).sample(candidates, min(n_images, len(candidates)))
+    tmp = Path(tempfile.mkdtemp(prefix="lookalike-bench-"))
+    try:
+        scratch = Studio(
+            replace(studio.settings, data_dir=tmp),
+            encoder_loader=lambda name: studio.encoder(),
+        )
+        started = time.perf_counter()
+        report = scratch.ingest([c.source for c in sample])
+        seconds = time.perf_counter() - started
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "ingest_images": report.added,
+        "ingest_seconds": round(seconds, 2),
+        "ingest_images_per_s": round(report.added / seconds, 1),
+    }
+
+
+def bench_search(studio: Studio, n_queries: int, k: int) -> dict[str, float]:
+    """Wall time of upload-to-results: decode, encode, query, join with the catalog."""
+    records = studio.store.list_images()
+    sample = random.Random(1).sample(records, min(n_queries, len(records)))
+    blobs = [studio.image_path(r).read_bytes() for r in sample]
+    studio.search([load_image(blobs[0]).image], k)  # warm-up: first call builds caches
+    times = []
+    for blob in blobs:
+        started = time.perf_counter()
+        studio.search([load_image(blob).image], k)
+        times.append(time.perf_counter() - started)
+    ms = np.array(times) * 1000
+    return {
+        "search_queries": len(times),
+        "search_p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "search_p95_ms": round(float(np.percentile(ms, 95)), 1),
+    }
+
+
+def bench_recall(studio: Studio, k: int) -> dict[str, float]:
+    """HNSW recall@k against exact search over all of the active version's vectors."""
+    version = studio.active_version().version
+    _, vectors = studio.index.get_embeddings(version)
+    approx = studio.index.query(version, vectors, k)
+    exact = studio.index.exact_query(version, vectors, k)
+    return {
+        "index_vectors": len(vectors),
+        f"index_recall_at_{k}": round(recall_against_exact(approx, exact), 4),
+    }
+
+
+def run_bench(
+    studio: Studio, folder: Path | None, n_images: int, n_queries: int, k: int = 10
+) -> dict[str, float]:
+    """All figures; the ingest one only when a folder of images is at hand."""
+    figures: dict[str, float] = {"gallery_images": studio.store.count_images()}
+    figures.update(bench_recall(studio, k))
+    figures.update(bench_search(studio, n_queries, k))
+    if folder is not None and folder.is_dir():
+        figures.update(bench_ingest(studio, folder, n_images))
+    return figures

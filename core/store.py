@@ -1,0 +1,351 @@
+"""The catalog: the only module that owns SQLite.
+
+One short-lived connection per operation (WAL mode, a busy timeout), so threads and processes
+can share a data directory; rows come out as frozen dataclasses. The schema is versioned:
+`MIGRATIONS[i]` takes a database from version i to i + 1, so old data directories are
+upgraded, never broken.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train", "test")
+BASE_VERSION = "base"
+BUSY_TIMEOUT_MS = 30_000
+
+MIGRATIONS: tuple[str, ...] = (
+    # 0 -> 1: the catalog, users and model versions.
+    """
+    CREATE TABLE images (
+        id            TEXT PRIMARY KEY,          -- sha256 of the file's bytes
+        original_name TEXT NOT NULL,
+        label         TEXT,                      -- category, e.g. animals/mammals/cats
+        split         TEXT NOT NULL CHECK (split IN ('train', 'test')),
+        width         INTEGER NOT NULL,
+        height        INTEGER NOT NULL,
+        file          TEXT NOT NULL,             -- path relative to the images folder
+        source        TEXT NOT NULL,             -- where it was ingested from
+        added_at      TEXT NOT NULL
+    );
+    CREATE INDEX images_label ON images(label);
+    CREATE TABLE users (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        name       TEXT NOT NULL UNIQUE,
+        location   TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE model_versions (
+        version    TEXT PRIMARY KEY,
+        encoder    TEXT NOT NULL,                -- registry name of the base encoder
+        parent     TEXT REFERENCES model_versions(version),
+        active     INTEGER NOT NULL DEFAULT 0 CHECK (active IN (0, 1)),
+        created_at TEXT NOT NULL,
+        card       TEXT NOT NULL DEFAULT '{}'    -- JSON: architecture, training summary, metrics
+    );
+    CREATE UNIQUE INDEX one_active_version ON model_versions(active) WHERE active = 1;
+    """,
+)
+
+
+class StoreError(ValueError):
+    """A request the catalog cannot satisfy (unknown version, bad split, …); one sentence."""
+
+
+def split_for(image_id: str) -> str:
+    """Deterministic train/test split from the id (sha256 hex): about half each."""
+    return SPLITS[int(image_id[:8], 16) % 2]
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One catalogued image."""
+
+    id: str
+    original_name: str
+    label: str | None
+    split: str
+    width: int
+    height: int
+    file: str  # relative to Settings.images_dir
+    source: str
+    added_at: str = field(default_factory=utc_now)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """An immutable encoder snapshot; exactly one is active."""
+
+    version: str
+    encoder: str
+    parent: str | None
+    active: bool
+    created_at: str
+    card: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    location: str | None
+    created_at: str
+
+
+def _image(row: sqlite3.Row) -> ImageRecord:
+    return ImageRecord(**dict(row))
+
+
+def _version(row: sqlite3.Row) -> ModelVersion:
+    values = dict(row)
+    values["active"] = bool(values["active"])
+    values["card"] = json.loads(values["card"])
+    return ModelVersion(**values)
+
+
+class Store:
+    """The catalog database at `path` (created and migrated on first use)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._migrate()
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """A fresh connection in one transaction: committed on success, rolled back on error."""
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+
+    def _migrate(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        finally:
+            conn.close()
+        with self.connect() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            current = row[0] if row else 0
+            if current > len(MIGRATIONS):
+                raise StoreError(
+                    f"The catalog {self.path} has schema version {current}, newer than this "
+                    f"program's {len(MIGRATIONS)}; upgrade Lookalike."
+                )
+            for script in MIGRATIONS[current:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
+
+    def schema_version(self) -> int:
+        with self.connect() as conn:
+            return int(conn.execute("SELECT version FROM schema_version").fetchone()[0])
+
+    # --- images -------------------------------------------------------------------------
+
+    def add_images(self, records: Iterable[ImageRecord]) -> int:
+        """Insert records whose id is not catalogued yet; returns how many were new."""
+        rows = [
+            (
+                r.id,
+                r.original_name,
+                r.label,
+                r.split,
+                r.width,
+                r.height,
+                r.file,
+                r.source,
+                r.added_at,
+            )
+            for r in records
+        ]
+        with self.connect() as conn:
+            before = conn.total_changes
+            conn.executemany("INSERT OR IGNORE INTO images VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            return conn.total_changes - before
+
+    def existing_ids(self, ids: Iterable[str]) -> set[str]:
+        wanted = list(dict.fromkeys(ids))
+        found: set[str] = set()
+        with self.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT id FROM images WHERE id IN ({marks})"
+                found.update(row[0] for row in conn.execute(sql, chunk))
+        return found
+
+    def get_images(self, ids: Sequence[str]) -> dict[str, ImageRecord]:
+        """Records by id (unknown ids are simply absent)."""
+        out: dict[str, ImageRecord] = {}
+        with self.connect() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                for row in conn.execute(f"SELECT * FROM images WHERE id IN ({marks})", chunk):
+                    out[row["id"]] = _image(row)
+        return out
+
+    def list_images(
+        self,
+        *,
+        label: str | None = None,
+        split: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[ImageRecord]:
+        """Catalogued images, oldest first; `label` matches the label or any sub-label."""
+        if split is not None and split not in SPLITS:
+            raise StoreError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+        clauses: list[str] = []
+        params: list[object] = []
+        if label is not None:
+            # A prefix test, not LIKE: LIKE ignores ASCII case, so "animals" would match
+            # "Animals/cats" while "Animals" itself (a different label) would not.
+            clauses.append("(label = ? OR substr(label, 1, ?) = ?)")
+            params += [label, len(label) + 1, label + "/"]
+        if split is not None:
+            clauses.append("split = ?")
+            params.append(split)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT * FROM images {where} ORDER BY added_at, id LIMIT ? OFFSET ?"
+        params += [-1 if limit is None else limit, offset]
+        with self.connect() as conn:
+            return [_image(row) for row in conn.execute(sql, params)]
+
+    def count_images(self) -> int:
+        with self.connect() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+
+    def label_counts(self) -> dict[str, int]:
+        """Images per label (unlabelled images under the empty string), largest first."""
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT COALESCE(label, '') AS label, COUNT(*) AS n FROM images "
+                "GROUP BY COALESCE(label, '') ORDER BY n DESC, label"
+            )
+            return {row["label"]: row["n"] for row in rows}
+
+    def remove_images(self, ids: Iterable[str]) -> int:
+        with self.connect() as conn:
+            before = conn.total_changes
+            conn.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in ids])
+            return conn.total_changes - before
+
+    # --- model versions -----------------------------------------------------------------
+
+    def ensure_base_version(self, encoder: str) -> ModelVersion:
+        """Register `base` (active) at first start; later calls return the active version."""
+        with self.connect() as conn:
+            if (
+                conn.execute(
+                    "SELECT 1 FROM model_versions WHERE version = ?", (BASE_VERSION,)
+                ).fetchone()
+                is None
+            ):
+                has_active = conn.execute(
+                    "SELECT 1 FROM model_versions WHERE active = 1"
+                ).fetchone()
+                card = {"encoder": encoder, "note": "the shipped encoder, no fine-tuning"}
+                conn.execute(
+                    "INSERT INTO model_versions VALUES (?, ?, NULL, ?, ?, ?)",
+                    (BASE_VERSION, encoder, 0 if has_active else 1, utc_now(), json.dumps(card)),
+                )
+        return self.active_version()
+
+    def add_model_version(
+        self, version: str, encoder: str, parent: str | None, card: dict[str, Any]
+    ) -> ModelVersion:
+        """Record a new (inactive) version; its name must be new."""
+        with self.connect() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO model_versions VALUES (?, ?, ?, 0, ?, ?)",
+                    (version, encoder, parent, utc_now(), json.dumps(card)),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"Cannot add model version {version!r}: {exc}.") from exc
+        return self.get_model_version(version)
+
+    def list_model_versions(self) -> list[ModelVersion]:
+        with self.connect() as conn:
+            rows = conn.execute("SELECT * FROM model_versions ORDER BY created_at, version")
+            return [_version(row) for row in rows]
+
+    def get_model_version(self, version: str) -> ModelVersion:
+        with self.connect() as conn:
+            row = conn.execute(
+                "SELECT * FROM model_versions WHERE version = ?", (version,)
+            ).fetchone()
+        if row is None:
+            known = ", ".join(v.version for v in self.list_model_versions()) or "none yet"
+            raise StoreError(f"Unknown model version {version!r}; known: {known}.")
+        return _version(row)
+
+    def active_version(self) -> ModelVersion:
+        with self.connect() as conn:
+            row = conn.execute("SELECT * FROM model_versions WHERE active = 1").fetchone()
+        if row is None:
+            raise StoreError("No model version is active yet; ingest images or run `demo-data`.")
+        return _version(row)
+
+    def activate(self, version: str) -> ModelVersion:
+        """Make `version` the one search uses (atomically: never zero or two active)."""
+        self.get_model_version(version)
+        with self.connect() as conn:
+            conn.execute("UPDATE model_versions SET active = 0 WHERE active = 1")
+            conn.execute("UPDATE model_versions SET active = 1 WHERE version = ?", (version,))
+        return self.get_model_version(version)
+
+    def update_card(self, version: str, **entries: Any) -> ModelVersion:
+        """Merge entries into a version's card (metrics added after evaluation, …)."""
+        card = {**self.get_model_version(version).card, **entries}
+        with self.connect() as conn:
+            conn.execute(
+                "UPDATE model_versions SET card = ? WHERE version = ?", (json.dumps(card), version)
+            )
+        return self.get_model_version(version)
+
+    # --- users --------------------------------------------------------------------------
+
+    def ensure_user(self, name: str, location: str | None = None) -> User:
+        """The user called `name`, created on first use."""
+        name = name.strip()
+        if not name:
+            raise StoreError("A user needs a non-empty name.")
+        with self.connect() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO users (name, location, created_at) VALUES (?, ?, ?)",
+                (name, location, utc_now()),
+            )
+            row = conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
+        return User(**dict(row))
+
+    def list_users(self) -> list[User]:
+        with self.connect() as conn:
+            return [User(**dict(row)) for row in conn.execute("SELECT * FROM users ORDER BY id")]

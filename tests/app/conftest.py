@@ -1,0 +1,33 @@
+"""AppTest fixtures: the real app script against a temporary data directory and the tiny encoder."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from core.studio import Studio
+
+APP = str(Path(__file__).parents[2] / "app.py")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def app(monkeypatch: pytest.MonkeyPatch, studio: Studio) -> Callable[[], AppTest]:
+    """An AppTest of app.py whose studio is `studio`'s data directory (tiny encoder)."""
+    monkeypatch.setenv("LOOKALIKE_DATA", str(studio.settings.data_dir))
+    monkeypatch.setenv("LOOKALIKE_ENCODER", studio.settings.encoder)
+
+    def make() -> AppTest:
+        return AppTest.from_file(APP, default_timeout=60)
+
+    return make

@@ -1,0 +1,123 @@
+"""The command line end to end, as a user runs it: ingest ~40 labelled images, search, evaluate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from core.config import load_settings
+from core.index import VectorIndex
+from core.store import Store
+from tests.conftest import GALLERY_LABELS
+from tests.test_evaluation import reference_metrics
+
+ROOT = Path(__file__).parents[1]
+
+
+def run_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LOOKALIKE_DATA": str(data), "LOOKALIKE_ENCODER": "tiny-test"}
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def run_json(data: Path, *args: str) -> Any:
+    result = run_cli(data, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # stdout is exactly one JSON document
+
+
+@pytest.fixture(scope="module")
+def gallery_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """~40 generated images in labelled folders, ingested through the CLI once for the module."""
+    from tests.conftest import generated_image
+
+    root = tmp_path_factory.mktemp("cli") / "gallery"
+    for label_index, label in enumerate(GALLERY_LABELS):
+        (root / label).mkdir(parents=True)
+        for variant in range(10):
+            generated_image(label_index, variant).save(root / label / f"{variant}.png")
+    data = root.parent / "data"
+    report = run_json(data, "ingest", str(root), "--label-from-folders")
+    assert report == {"added": 40, "duplicates": 0, "rejected": []}
+    return root, data
+
+
+def test_search_returns_the_query_itself_first(gallery_data: tuple[Path, Path]) -> None:
+    root, data = gallery_data
+    query = root / GALLERY_LABELS[2] / "3.png"
+    payload = run_json(data, "search", str(query), "-k", "5")
+    assert payload["model"] == "base"
+    [only] = payload["queries"]
+    first = only["results"][0]
+    assert first["image_id"] == hashlib.sha256(query.read_bytes()).hexdigest()
+    assert first["score"] == pytest.approx(1.0, abs=1e-4) and first["label"] == GALLERY_LABELS[2]
+    assert [r["rank"] for r in only["results"]] == [1, 2, 3, 4, 5]
+    assert all(Path(r["path"]).is_file() for r in only["results"])
+
+
+def test_evaluate_matches_a_brute_force_computation(gallery_data: tuple[Path, Path]) -> None:
+    _, data = gallery_data
+    payload = run_json(data, "evaluate", "-k", "10")
+    settings = load_settings(data, environ={})
+    records = Store(settings.catalog_path).list_images()
+    ids, vectors = VectorIndex.from_settings(settings).get_embeddings(
+        "base", [r.id for r in records]
+    )
+    by_id = dict(zip(ids, vectors, strict=True))
+    matrix = np.stack([by_id[r.id] for r in records])
+    expected = reference_metrics([r.id for r in records], [r.label for r in records], matrix, 10)
+    assert (payload["model"], payload["split"], payload["k"]) == ("base", "all", 10)
+    assert payload["n_queries"] == expected.pop("n_queries") == 40
+    for name, value in expected.items():
+        assert payload[name] == pytest.approx(value, abs=1e-9), name
+
+
+def test_second_ingest_is_idempotent_and_models_lists_base(gallery_data: tuple[Path, Path]) -> None:
+    root, data = gallery_data
+    assert run_json(data, "ingest", str(root), "--label-from-folders")["added"] == 0
+    [base] = run_json(data, "models")
+    assert base["version"] == "base" and base["active"] is True
+
+
+def test_bad_query_is_an_error_that_loses_nothing_else(
+    gallery_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, data = gallery_data
+    bad = tmp_path / "notes.png"
+    bad.write_text("not a picture")
+    result = run_cli(data, "search", str(bad), str(root / GALLERY_LABELS[0] / "0.png"), "--json")
+    assert result.returncode == 1 and "notes.png" in result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["queries"][0]["error"] and len(payload["queries"][1]["results"]) == 10
+
+
+def test_user_errors_exit_non_zero_with_one_sentence(tmp_path: Path) -> None:
+    result = run_cli(tmp_path / "empty", "evaluate", "--json")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    unknown = run_cli(tmp_path / "empty", "activate", "ft-0009")
+    assert unknown.returncode == 1 and "ft-0009" in unknown.stderr
+
+
+def test_ingest_json_reports_rejections(tmp_path: Path, make_gallery: Callable[..., Path]) -> None:
+    root = make_gallery(per_label=1)
+    (root / "broken.png").write_bytes(b"garbage")
+    payload = run_json(tmp_path / "d", "ingest", str(root))
+    assert payload["added"] == len(GALLERY_LABELS)
+    assert [Path(r["path"]).name for r in payload["rejected"]] == ["broken.png"]

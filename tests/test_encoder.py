@@ -1,0 +1,131 @@
+"""Encoder registry, the embedding contract, and the ImageNet weight mapping."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from core import encoder as encoder_module
+from core.encoder import (
+    DEFAULT_ENCODER,
+    Encoder,
+    UnknownEncoderError,
+    WeightsUnavailableError,
+    efficientnet_lite0_state_dict,
+    get_encoder_spec,
+    imagenet_head,
+    list_encoders,
+    load_encoder,
+)
+from core.images import load_image
+from tests.conftest import generated_image
+
+
+def test_registry_lists_the_default_and_names_choices_for_a_bad_name() -> None:
+    assert DEFAULT_ENCODER in list_encoders()
+    with pytest.raises(UnknownEncoderError) as info:
+        get_encoder_spec("resnet-9000")
+    assert "efficientnet-lite0" in str(info.value) and "resnet-9000" in str(info.value)
+
+
+def test_any_open_clip_pretrained_pair_is_accepted() -> None:
+    spec = get_encoder_spec("RN50/openai")
+    assert (spec.architecture, spec.pretrained) == ("RN50", "openai")
+    with pytest.raises(UnknownEncoderError):
+        get_encoder_spec("RN50/not-a-tag")
+
+
+def test_encode_returns_unit_norm_float32_rows(tiny_encoder: Encoder) -> None:
+    images = [generated_image(i % 4, i) for i in range(5)]
+    out = tiny_encoder.encode(images, batch_size=2)
+    assert out.shape == (5, tiny_encoder.dim) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_batching_does_not_change_embeddings(tiny_encoder: Encoder) -> None:
+    images = [generated_image(i % 4, i) for i in range(6)]
+    np.testing.assert_allclose(
+        tiny_encoder.encode(images, batch_size=1),
+        tiny_encoder.encode(images, batch_size=6),
+        atol=1e-5,
+    )
+
+
+def test_progress_reports_each_batch(tiny_encoder: Encoder) -> None:
+    calls: list[tuple[int, int]] = []
+    tiny_encoder.encode(
+        [generated_image(0, i) for i in range(5)], 2, progress=lambda d, t: calls.append((d, t))
+    )
+    assert calls == [(2, 5), (4, 5), (5, 5)]
+
+
+def test_random_init_is_seeded_so_two_loads_agree() -> None:
+    image = [generated_image(1, 1)]
+    np.testing.assert_allclose(
+        load_encoder("tiny-test").encode(image), load_encoder("tiny-test").encode(image), atol=1e-6
+    )
+
+
+def test_offline_pretrained_tag_fails_fast_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(encoder_module, "_hub_reachable", lambda timeout=3.0: False)
+    started = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_encoder("ViT-B-32/laion2b_s34b_b79k")
+    message = str(info.value)
+    assert "ViT-B-32 / laion2b_s34b_b79k" in message and "could not download" in message.lower()
+    assert time.perf_counter() - started < 30  # no 45-second retry loop against a dead hub
+
+
+def test_packaged_weights_map_one_to_one_onto_timm() -> None:
+    weights = efficientnet_lite0_state_dict()
+    reference = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    assert list(weights) == list(reference)
+    assert all(weights[key].shape == reference[key].shape for key in reference)
+
+
+@pytest.fixture(scope="module")
+def default_encoder() -> Encoder:
+    return load_encoder(DEFAULT_ENCODER)
+
+
+def test_default_embeddings_are_the_pretrained_pooled_features(default_encoder: Encoder) -> None:
+    """Independent reference: timm's own model with the weights loaded, classifier removed."""
+    trunk = timm.create_model("efficientnet_lite0", pretrained=False)
+    trunk.load_state_dict(efficientnet_lite0_state_dict())
+    trunk.reset_classifier(0)
+    trunk.eval()
+    image = generated_image(2, 3, size=160)
+    with torch.inference_mode():
+        pooled = trunk(default_encoder.preprocess(image)[None])
+    expected = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    assert default_encoder.dim == 1280
+    np.testing.assert_allclose(default_encoder.encode([image]), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("stamp", "imagenet_class"),
+    [
+        ("animals/mammals/cats/tiger.png", "tiger, Panthera tigris"),
+        ("food/fruit/banana.png", "banana"),
+    ],
+)
+def test_imagenet_head_names_demo_stamps(
+    default_encoder: Encoder, demo_stamps: Path, stamp: str, imagenet_class: str
+) -> None:
+    """The classifier shipped with the weights names real photos: the mapping is right."""
+    from timm.data import ImageNetInfo
+
+    image: Image.Image = load_image(demo_stamps / stamp).image
+    with torch.inference_mode():
+        logits = imagenet_head()(default_encoder.features(default_encoder.preprocess(image)[None]))
+    top = ImageNetInfo().index_to_description(int(logits.argmax()))
+    assert top == imagenet_class

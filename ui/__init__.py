@@ -1,0 +1,1 @@
+"""Streamlit-only glue: cached resources, session-state keys and shared widgets."""

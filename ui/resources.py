@@ -1,0 +1,35 @@
+"""Cached resources for the pages: the encoder and the index client (STYLE.md habit 6).
+
+The catalog is never cached: `Studio` opens a short SQLite connection per operation, so a fresh
+`Studio` per script run is cheap and thread-safe.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.config import Settings, load_settings
+from core.encoder import Encoder, load_encoder
+from core.index import VectorIndex
+from core.studio import Studio
+
+
+@st.cache_resource(show_spinner="Loading the image encoder…")
+def cached_encoder(name: str) -> Encoder:
+    return load_encoder(name)
+
+
+@st.cache_resource(show_spinner=False)
+def cached_index(key: str, _settings: Settings) -> VectorIndex:
+    """One index client per (data directory, index settings); `key` says which."""
+    return VectorIndex.from_settings(_settings)
+
+
+def get_studio() -> Studio:
+    """The studio for this server's data directory ($LOOKALIKE_DATA or ./data)."""
+    settings = load_settings()
+    return Studio(
+        settings,
+        index=cached_index(f"{settings.data_dir.resolve()}|{settings.index}", settings),
+        encoder_loader=cached_encoder,
+    )
