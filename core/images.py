@@ -144,10 +144,18 @@ def thumbnail(img: Image.Image, size: int) -> Image.Image:
     return thumb
 
 
+def square_thumbnail(img: Image.Image, size: int) -> Image.Image:
+    """`thumbnail(img, size)` centred on a white `size` x `size` square, so grids line up."""
+    thumb = thumbnail(img, size)
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    canvas.paste(thumb, ((size - thumb.width) // 2, (size - thumb.height) // 2))
+    return canvas
+
+
 def thumbnail_bytes(img: Image.Image, size: int) -> bytes:
-    """`thumbnail(img, size)` encoded as a JPEG (quality 85), ready to store or serve."""
+    """`square_thumbnail(img, size)` encoded as a JPEG (quality 85), ready to store or serve."""
     buffer = io.BytesIO()
-    thumbnail(img, size).save(buffer, format="JPEG", quality=_THUMB_QUALITY)
+    square_thumbnail(img, size).save(buffer, format="JPEG", quality=_THUMB_QUALITY)
     return buffer.getvalue()
 
 

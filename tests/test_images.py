@@ -380,12 +380,14 @@ def test_thumbnail_rejects_a_size_below_one() -> None:
         thumbnail(noise(), 0)
 
 
-def test_thumbnail_bytes_are_a_jpeg_of_the_thumbnail() -> None:
+def test_thumbnail_bytes_are_a_jpeg_of_the_thumbnail_centred_on_a_white_square() -> None:
     data = thumbnail_bytes(Image.new("RGB", (500, 250), RED), 100)
     decoded = Image.open(io.BytesIO(data))
     assert decoded.format == "JPEG"
-    assert decoded.size == (100, 50)
-    assert_close(decoded.convert("RGB").getpixel((50, 25)), RED, 4)
+    assert decoded.size == (100, 100)  # a 100 x 50 thumbnail, padded top and bottom
+    assert_close(decoded.convert("RGB").getpixel((50, 50)), RED, 4)
+    assert_close(decoded.convert("RGB").getpixel((50, 10)), WHITE, 4)
+    assert_close(decoded.convert("RGB").getpixel((50, 90)), WHITE, 4)
 
 
 @pytest.mark.parametrize(

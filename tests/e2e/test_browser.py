@@ -1,0 +1,47 @@
+"""Smoke test in a real browser: start the app, upload an image, see result images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.studio import Studio
+from tests.conftest import generated_image
+from tests.e2e.conftest import start_streamlit
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def served(studio: Studio, make_gallery: Callable[..., Path], tmp_path: Path) -> Iterator[str]:
+    """The app serving a 20-image generated gallery with the tiny encoder."""
+    studio.ingest([make_gallery(per_label=5)], label_from_folders=True)
+    url, process = start_streamlit(
+        studio.settings.data_dir, studio.settings.encoder, tmp_path / "streamlit.log"
+    )
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def test_upload_shows_ranked_result_images(served: str, browser: Any, tmp_path: Path) -> None:
+    query = tmp_path / "query.png"
+    generated_image(1, 42).save(query)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(served, wait_until="domcontentloaded")
+        page.get_by_text("Search by image").wait_for(timeout=60_000)
+        page.locator('input[type="file"]').first.set_input_files(str(query))
+        page.get_by_text("Top 10").wait_for(timeout=60_000)
+        images = page.locator('[data-testid="stImage"] img')
+        images.nth(10).wait_for(timeout=30_000)  # the query and ten results
+        assert images.count() >= 11
+        assert page.get_by_text("#1", exact=False).count() >= 1
+        for i in range(images.count()):  # every result really loaded (decoded by the browser)
+            assert images.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
+        page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
+    finally:
+        page.close()
