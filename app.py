@@ -3,7 +3,7 @@
 import streamlit as st
 
 from ui.resources import get_studio
-from ui.widgets import sidebar
+from ui.widgets import sidebar, user_picker
 
 st.set_page_config(page_title="Lookalike", page_icon="assets/logo.svg", layout="wide")
 
@@ -14,5 +14,8 @@ navigation = st.navigation(
     ]
 )
 st.logo("assets/logo.svg")
-sidebar(get_studio())
+studio = get_studio()
+studio.encoder()  # load the cached encoder now, not on the first upload
+user_picker(studio)
+sidebar(studio)
 navigation.run()

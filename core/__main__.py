@@ -16,8 +16,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-USER_ERRORS: tuple[type[Exception], ...] = ()  # filled in main() after the heavy imports
-
 
 def _progress(label: str) -> Callable[[int, int], None]:
     """Progress on stderr: one line updated in place on a terminal, every 10 % in a log."""
@@ -125,6 +123,28 @@ def cmd_activate(studio: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(studio: Any, args: argparse.Namespace) -> int:
+    from core.simulate import ClickModel, simulate
+
+    model = ClickModel(noise=args.noise)
+    report = simulate(studio, n_queries=args.queries, seed=args.seed, k=args.k, model=model)
+    payload = report.as_dict()
+    text = (
+        f"{report.queries} queries, {report.impressions} impressions, "
+        f"{report.clicks} clicks, CTR {report.ctr:.4f}"
+    )
+    _emit(payload, args.json, text)
+    return 0
+
+
+def cmd_export(studio: Any, args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    fmt = args.format or ("parquet" if out.suffix == ".parquet" else "csv")
+    rows = studio.store.feedback.export(out, fmt)
+    _emit({"path": str(out), "format": fmt, "rows": rows}, args.json, f"{rows} rows -> {out}")
+    return 0
+
+
 def cmd_bench(studio: Any, args: argparse.Namespace) -> int:
     from core.bench import run_bench
     from core.demo import STAMPS_SUBDIR
@@ -165,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("models", cmd_models, "List model versions.")
     activate = add("activate", cmd_activate, "Make a model version the one search uses.")
     activate.add_argument("version")
+    simulate = add("simulate", cmd_simulate, "Log searches of a simulated user over train images.")
+    simulate.add_argument("--queries", type=int, default=100)
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("-k", type=int, default=10)
+    simulate.add_argument(
+        "--noise", type=float, default=0.05, help="P(click on an irrelevant result)"
+    )
+    export = add("export-interactions", cmd_export, "Write the interaction log as CSV or Parquet.")
+    export.add_argument("out")
+    export.add_argument("--format", choices=("csv", "parquet"), help="default: from the extension")
     bench = add("bench", cmd_bench, "Measure ingest speed, search latency and index recall.")
     bench.add_argument("--folder", help="images to time ingest on (default: the demo stamps)")
     bench.add_argument("--images", type=int, default=200, help="how many images to ingest")
@@ -187,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.evaluation import EvaluationError
     from core.images import ImageError
     from core.index import VectorIndexError
+    from core.simulate import SimulationError
     from core.store import StoreError
     from core.studio import EmptyGalleryError, Studio
 
@@ -198,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ImageError,
         VectorIndexError,
         StoreError,
+        SimulationError,
         EmptyGalleryError,
     )
     try:

@@ -1,5 +1,7 @@
 """Performance figures, measured (never asserted in unit tests): `python -m core bench`.
 
+- log writes/s through the store API, one process and four at once, in a scratch catalog;
+
 - ingest images/s: a sample of a folder (default: the demo stamps) into a throw-away data dir;
 - query latency p50/p95: encode one uploaded image and search the active index, encoder warm;
 - index recall@10 of the HNSW index against exact search, every gallery vector as a query.
@@ -7,12 +9,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import shutil
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +24,7 @@ from core.demo import DEMO_EXTENSIONS
 from core.images import load_image
 from core.index import recall_against_exact
 from core.ingest import Candidate, iter_candidates
+from core.store import ImageRecord, Store
 from core.studio import Studio
 
 
@@ -78,11 +83,69 @@ def bench_recall(studio: Studio, k: int) -> dict[str, float]:
     }
 
 
+def _scratch_log(path: Path) -> int:
+    """A catalog with one user, one image and one logged query to click on; returns its id."""
+    store = Store(path)
+    store.ensure_base_version("bench")
+    user = store.ensure_user("bench")
+    image = "0" * 64
+    store.add_images([ImageRecord(image, "x.png", None, "train", 1, 1, "x.png", "bench")])
+    return store.feedback.log_query(
+        user_id=user.id, query_image_id=image, model_version="base",
+        results=[(image, 1.0)], source="simulate",
+    )  # fmt: skip
+
+
+def _click_many(
+    path: Path, query_id: int, n_rows: int, start: Any = None, done: Any = None
+) -> None:
+    """Write `n_rows` clicks; with a barrier, start together and report the finish time."""
+    store = Store(path)
+    if start is not None:
+        start.wait()
+    for _ in range(n_rows):
+        store.feedback.log_interaction(query_id, "0" * 64, "click")
+    if done is not None:
+        done.put(time.time())
+
+
+def bench_log(n_rows: int = 2000, processes: int = 4) -> dict[str, float]:
+    """Interaction rows/s: `n_rows` from one process, then `n_rows` split over `processes`
+    that start writing together (their interpreter start-up is not counted)."""
+    with tempfile.TemporaryDirectory(prefix="lookalike-bench-log-") as tmp:
+        path = Path(tmp) / "catalog.db"
+        query_id = _scratch_log(path)
+        started = time.perf_counter()
+        _click_many(path, query_id, n_rows)
+        single = time.perf_counter() - started
+        context = multiprocessing.get_context("spawn")
+        start, done = context.Barrier(processes + 1), context.Queue()
+        share = n_rows // processes
+        workers = [
+            context.Process(target=_click_many, args=(path, query_id, share, start, done))
+            for _ in range(processes)
+        ]
+        for worker in workers:
+            worker.start()
+        start.wait()  # every worker has imported and opened the catalog
+        began = time.time()
+        finished = max(done.get(timeout=600) for _ in workers)
+        for worker in workers:
+            worker.join()
+        written = len(Store(path).feedback.interactions()) - 1  # less the one impression
+    return {
+        "log_rows": written,
+        "log_rows_per_s_1_process": round(n_rows / single),
+        f"log_rows_per_s_{processes}_processes": round(share * processes / (finished - began)),
+    }
+
+
 def run_bench(
     studio: Studio, folder: Path | None, n_images: int, n_queries: int, k: int = 10
 ) -> dict[str, float]:
     """All figures; the ingest one only when a folder of images is at hand."""
     figures: dict[str, float] = {"gallery_images": studio.store.count_images()}
+    figures.update(bench_log())
     figures.update(bench_recall(studio, k))
     figures.update(bench_search(studio, n_queries, k))
     if folder is not None and folder.is_dir():

@@ -80,6 +80,11 @@ class Settings:
         return self.data_dir / "models"
 
     @property
+    def queries_dir(self) -> Path:
+        """Uploaded query images: kept (content-addressed) for the log, not in the gallery."""
+        return self.data_dir / "queries"
+
+    @property
     def demo_dir(self) -> Path:
         """Where the demo gallery's Debian package is downloaded and unpacked."""
         return self.data_dir / "demo"

@@ -128,7 +128,7 @@ def iter_candidates(
             yield Rejected(str(path), f"{path} does not exist.")
 
 
-def _atomic_write(target: Path, data: bytes) -> None:
+def atomic_write(target: Path, data: bytes) -> None:
     """Write via a temporary file and rename, so a killed run never leaves half a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
@@ -153,10 +153,10 @@ def store_files(settings: Settings, loaded: LoadedImage, file: str) -> None:
     """The mapper's side effect: the original bytes and a JPEG thumbnail, content-addressed."""
     original = settings.images_dir / file
     if not original.exists():
-        _atomic_write(original, loaded.data)
+        atomic_write(original, loaded.data)
     thumb = settings.thumbs_dir / f"{loaded.id[:2]}/{loaded.id}.jpg"
     if not thumb.exists():
-        _atomic_write(thumb, thumbnail_bytes(loaded.image, settings.images.thumb_size))
+        atomic_write(thumb, thumbnail_bytes(loaded.image, settings.images.thumb_size))
 
 
 def _commit_batch(

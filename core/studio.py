@@ -20,16 +20,33 @@ from core.config import Settings
 from core.demo import DEMO_EXTENSIONS, fetch_demo_stamps
 from core.encoder import Encoder, load_encoder
 from core.evaluation import Evaluation, evaluate_version
-from core.images import IMAGE_EXTENSIONS
+from core.images import IMAGE_EXTENSIONS, LoadedImage, load_image
 from core.index import Hit, VectorIndex
-from core.ingest import IngestReport, Progress, ingest, iter_candidates, sync_index
-from core.store import ImageRecord, ModelVersion, Store
+from core.ingest import (
+    IngestReport,
+    Progress,
+    atomic_write,
+    file_name_for,
+    ingest,
+    iter_candidates,
+    sync_index,
+)
+from core.refine import RocchioWeights, feedback_examples, rocchio
+from core.store import ImageRecord, LoggedQuery, ModelVersion, Store
 
 log = logging.getLogger(__name__)
 
 
 class EmptyGalleryError(RuntimeError):
     """Search was asked of a gallery with no images."""
+
+
+@dataclass(frozen=True)
+class LoggedSearch:
+    """A search as logged: its query row id and the results shown (one impression each)."""
+
+    query_id: int
+    results: list[SearchResult]
 
 
 @dataclass(frozen=True)
@@ -185,3 +202,85 @@ class Studio:
         """Offline label metrics (core.evaluation) for a version, by default the active one."""
         name = version or self.active_version().version
         return evaluate_version(self.store, self.index, name, split, k)
+
+    # --- the feedback loop ----------------------------------------------------------------
+
+    def keep_query_image(self, loaded: LoadedImage) -> str:
+        """Store an uploaded query (content-addressed, outside the gallery); returns its id."""
+        if not self.store.existing_ids([loaded.id]):
+            file = file_name_for(loaded, f"query.{(loaded.format or 'png').lower()}")
+            target = self.settings.queries_dir / file
+            if not target.exists():
+                atomic_write(target, loaded.data)
+            self.store.feedback.add_query_image(loaded.id, file, loaded.width, loaded.height)
+        return loaded.id
+
+    def _log(
+        self, user_id: int, query_image_id: str, results: list[SearchResult], source: str,
+        parent_id: int | None = None, location: str | None = None,
+    ) -> LoggedSearch:  # fmt: skip
+        query_id = self.store.feedback.log_query(
+            user_id=user_id,
+            query_image_id=query_image_id,
+            model_version=self.active_version().version,
+            results=[(r.image_id, r.score) for r in results],
+            source=source,
+            parent_id=parent_id,
+            location=location,
+        )
+        return LoggedSearch(query_id, results)
+
+    def logged_search(
+        self, user_id: int, loaded: LoadedImage, k: int = 10, location: str | None = None
+    ) -> LoggedSearch:
+        """Search with an uploaded image and log the query and one impression per result."""
+        query_image_id = self.keep_query_image(loaded)
+        return self._log(
+            user_id, query_image_id, self.search([loaded.image], k)[0], "upload", location=location
+        )
+
+    def logged_gallery_search(
+        self, user_id: int, image_id: str, k: int = 10, location: str | None = None
+    ) -> LoggedSearch:
+        """Search with a gallery image (itself left out) and log it."""
+        return self._log(
+            user_id, image_id, self.search_gallery_image(image_id, k), "gallery", location=location
+        )
+
+    def _query_vector(self, query: LoggedQuery) -> np.ndarray:
+        """(1, d) embedding of a logged query's image under the active version."""
+        version = self.active_version().version
+        ids, vectors = self.index.get_embeddings(version, [query.query_image_id])
+        if ids:
+            return vectors
+        file = self.store.feedback.query_image_file(query.query_image_id)
+        if file is None:
+            raise EmptyGalleryError(f"The image of query {query.id} is no longer stored.")
+        image = load_image(self.settings.queries_dir / file, limits=self.settings.images).image
+        return self.encoder().encode([image])
+
+    def refine(
+        self, query_id: int, k: int = 10, weights: RocchioWeights | None = None
+    ) -> LoggedSearch:
+        """Re-rank a query with the labels given in it and its refinements (Rocchio), logged
+        as a new query whose parent is `query_id`; labels carry over along the chain."""
+        chain = self.store.feedback.query_chain(query_id)
+        labels = self.store.feedback.labels([q.id for q in chain])
+        positives, negatives = feedback_examples(labels)
+        version = self.active_version().version
+        _, pos = self.index.get_embeddings(version, positives)
+        _, neg = self.index.get_embeddings(version, negatives)
+        query = self._query_vector(chain[0])[0]
+        moved = rocchio(query, pos, neg, weights)
+        # As in the first search: a gallery image (picked or simulated) is not its own result.
+        searched_gallery = chain[0].source in ("gallery", "simulate")
+        exclude = [{chain[0].query_image_id}] if searched_gallery else None
+        results = self.search_vectors(moved[None], k, exclude=exclude)[0]
+        return self._log(
+            chain[-1].user_id,
+            chain[0].query_image_id,
+            results,
+            "refine",
+            parent_id=query_id,
+            location=chain[-1].location,
+        )

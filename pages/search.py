@@ -1,14 +1,15 @@
-"""Search: upload a query image (or pick one from the gallery) and see the most similar images."""
+"""Search: upload a query image (or pick one from the gallery), judge the results, refine."""
 
 import streamlit as st
 
 from core.images import IMAGE_EXTENSIONS, ImageError, load_image
-from core.studio import SearchResult
+from core.studio import LoggedSearch
+from ui.feedback import feedback_grid
 from ui.resources import get_studio
-from ui.state import remember
-from ui.widgets import result_grid
+from ui.state import current_user, remember
 
 studio = get_studio()
+user, location = current_user(studio)
 st.title("Search by image")
 
 if studio.store.count_images() == 0:
@@ -16,42 +17,106 @@ if studio.store.count_images() == 0:
     st.page_link("pages/gallery.py", label="Open the Gallery", icon=":material/photo_library:")
     st.stop()
 
-k = st.sidebar.slider("Results to show", min_value=5, max_value=50, value=10, step=5)
-version = studio.active_version().version
-state = (version, studio.store.count_images())  # results go stale when either changes
-source = st.segmented_control(
+# The sidebar belongs to app.py (user, model, gallery); page controls stay in the main area.
+source_column, k_column = st.columns([3, 2])
+source = source_column.segmented_control(
     "Query", ["Upload an image", "Pick from the gallery"], default="Upload an image"
 )
+k = k_column.slider("Results to show", min_value=5, max_value=50, value=10, step=5)
+version = studio.active_version().version
+state = (version, studio.store.count_images(), user.id, k)  # a new search when any changes
 
-results: list[SearchResult] | None = None
+search: LoggedSearch | None = None
+query_column, results_column = st.columns([1, 4])
 if source == "Pick from the gallery":
     labels = sorted(label for label in studio.store.label_counts() if label)
-    label = st.selectbox("Label", ["(all)", *labels])
+    label = query_column.selectbox("Label", ["(all)", *labels])
     records = studio.store.list_images(label=None if label == "(all)" else label)
-    record = st.selectbox(
+    record = query_column.selectbox(
         "Image", records, format_func=lambda r: f"{r.label or 'unlabelled'} / {r.original_name}"
     )
     if record is not None:
-        query_column, results_column = st.columns([1, 4])
         query_column.image(str(studio.image_path(record)), caption="Query", width="stretch")
-        results = remember(
-            ("gallery", record.id, k, state), lambda: studio.search_gallery_image(record.id, k)
+        search = remember(
+            ("gallery", record.id, state),
+            lambda: studio.logged_gallery_search(user.id, record.id, k, location),
         )
 else:
-    upload = st.file_uploader("Query image", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
+    upload = query_column.file_uploader(
+        "Query image", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+    )
     if upload is not None:
         try:
             loaded = load_image(upload.getvalue(), limits=studio.settings.images, name=upload.name)
         except ImageError as exc:
             st.error(str(exc))
             st.stop()
-        query_column, results_column = st.columns([1, 4])
         query_column.image(loaded.image, caption="Query", width="stretch")
-        results = remember(
-            ("upload", loaded.id, k, state), lambda: studio.search([loaded.image], k)[0]
+        search = remember(
+            ("upload", loaded.id, state),
+            lambda: studio.logged_search(user.id, loaded, k, location),
         )
 
-if results is not None:
+
+def refine(root: LoggedSearch, current: int) -> None:
+    """Callback: re-rank with the labels so far (it runs before the page redraws)."""
+    chain = [q.id for q in studio.store.feedback.query_chain(current)]
+    labels = studio.store.feedback.labels(chain)
+    if any(lab.relevance or lab.grade is not None for lab in labels.values()):
+        st.session_state["refined"][root.query_id] = studio.refine(current, k)
+    else:
+        st.session_state["refine_hint"] = True
+
+
+def reset(root: LoggedSearch) -> None:
+    st.session_state["refined"].pop(root.query_id, None)
+
+
+if search is not None:
+    refined: dict[int, LoggedSearch] = st.session_state.setdefault("refined", {})
+    shown = refined.get(search.query_id, search)
+    chain = [q.id for q in studio.store.feedback.query_chain(shown.query_id)]
     with results_column:
-        st.subheader(f"Top {len(results)} · model `{version}`")
-        result_grid(studio, results)
+        title, refine_column, reset_column = st.columns([2, 1.3, 1.1], vertical_alignment="bottom")
+        step = f" · refined ×{len(chain) - 1}" if len(chain) > 1 else ""
+        title.subheader(f"Top {len(shown.results)} · model `{version}`{step}")
+        refine_column.button(
+            "Refine with my labels",
+            icon=":material/tune:",
+            on_click=refine,
+            args=(search, shown.query_id),
+            width="stretch",
+        )
+        reset_column.button(
+            "Original ranking",
+            disabled=len(chain) == 1,
+            on_click=reset,
+            args=(search,),
+            width="stretch",
+        )
+        if st.session_state.pop("refine_hint", False):
+            st.warning("Mark a few results Similar / Not similar (or grade them) first.")
+        feedback_grid(studio, shown, chain)
+
+with st.expander("Interaction log"):
+    counts = studio.store.feedback.counts(user_id=user.id)
+    st.caption(f"{sum(counts.values()):,} rows logged for {user.name}; exports hold everyone's.")
+    if counts:
+        st.dataframe({"interaction": list(counts), "rows": list(counts.values())}, width="content")
+    csv_column, parquet_column = st.columns(2)
+    csv_column.download_button(
+        "Export CSV",
+        data=lambda: studio.store.feedback.log_bytes("csv"),
+        file_name="interactions.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        on_click="ignore",
+    )
+    parquet_column.download_button(
+        "Export Parquet",
+        data=lambda: studio.store.feedback.log_bytes("parquet"),
+        file_name="interactions.parquet",
+        mime="application/vnd.apache.parquet",
+        icon=":material/download:",
+        on_click="ignore",
+    )

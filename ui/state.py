@@ -7,8 +7,13 @@ from typing import TypeVar
 
 import streamlit as st
 
+from core.store import User
+from core.studio import Studio
+
 T = TypeVar("T")
 
+CURRENT_USER_KEY = "current_user"  # (user id, location) chosen in the sidebar this run
+DEFAULT_USER = "guest"
 _MEMO_KEY = "memo"  # {key: value} of this session's computed results
 _MEMO_SIZE = 32  # the last results are kept; older ones are recomputed if asked again
 
@@ -21,3 +26,11 @@ def remember(key: Hashable, compute: Callable[[], T]) -> T:
             memo.pop(next(iter(memo)))
         memo[key] = compute()
     return memo[key]  # type: ignore[return-value]
+
+
+def current_user(studio: Studio) -> tuple[User, str | None]:
+    """The user (and location to log) picked in the sidebar by app.py on this run."""
+    user_id, location = st.session_state.get(CURRENT_USER_KEY, (None, None))
+    if user_id is None:  # a page run on its own (tests): fall back to the guest
+        return studio.store.ensure_user(DEFAULT_USER), None
+    return studio.store.get_user(user_id), location

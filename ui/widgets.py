@@ -2,11 +2,63 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import streamlit as st
 
-from core.studio import SearchResult, Studio
+from core.simulate import SIMULATOR_USER
+from core.store import User
+from core.studio import Studio
+from ui.state import CURRENT_USER_KEY, DEFAULT_USER
+
+_USER_KEY = "user_name"
+_NEW_USER_KEY = "new_user_name"
+_NEW_USER = "New user…"
+
+
+def browser_location() -> str | None:
+    """What the browser reports: its time zone and locale (e.g. "Europe/Paris · fr-FR")."""
+    parts = [st.context.timezone, st.context.locale]
+    return " · ".join(p for p in parts if p) or None
+
+
+def _create_user(studio: Studio) -> None:
+    name = st.session_state.get(_NEW_USER_KEY, "").strip()
+    if name:
+        studio.store.ensure_user(name)
+        st.session_state[_USER_KEY] = name  # allowed: callbacks run before the widget exists
+
+
+def _save_location(studio: Studio, user: User, key: str) -> None:
+    studio.store.set_user_location(user.id, st.session_state[key].strip() or None)
+
+
+def user_picker(studio: Studio) -> tuple[User, str | None]:
+    """The sidebar's user picker (app.py, every page); returns the user and their location.
+
+    The choice is kept in session state, where pages read it with `ui.state.current_user`.
+    """
+    studio.store.ensure_user(DEFAULT_USER)
+    names = [u.name for u in studio.store.list_users() if u.name != SIMULATOR_USER]
+    choice = st.sidebar.selectbox("User", [*names, _NEW_USER], key=_USER_KEY)
+    if choice == _NEW_USER:
+        st.sidebar.text_input("Display name", key=_NEW_USER_KEY)
+        st.sidebar.button("Create user", on_click=_create_user, args=(studio,))
+        choice = DEFAULT_USER  # until the new user exists, actions are logged as the guest
+    user = studio.store.ensure_user(choice)
+    key = f"location-{user.id}"
+    st.sidebar.text_input(
+        "Location",
+        value=user.location or "",
+        key=key,
+        placeholder=browser_location() or "unknown",
+        help="Leave empty to use what your browser reports (time zone and locale).",
+        on_change=_save_location,
+        args=(studio, user, key),
+    )
+    location = user.location or browser_location()
+    st.session_state[CURRENT_USER_KEY] = (user.id, location)
+    return user, location
 
 
 def sidebar(studio: Studio) -> None:
@@ -24,15 +76,3 @@ def progress_bar(label: str) -> Callable[[int, int], None]:
         bar.progress(done / total if total else 1.0, text=f"{label} {done}/{total}")
 
     return update
-
-
-def result_grid(studio: Studio, results: Sequence[SearchResult], columns: int = 5) -> None:
-    """Thumbnails with rank, score and label, `columns` per row."""
-    for start in range(0, len(results), columns):
-        row = st.columns(columns)
-        for column, result in zip(row, results[start : start + columns], strict=False):
-            with column:
-                st.image(str(studio.thumb_path(result.image_id)), width="stretch")
-                st.caption(
-                    f"**#{result.rank}** · {result.score:.3f}  \n{result.label or 'unlabelled'}"
-                )

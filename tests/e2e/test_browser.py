@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,5 +44,30 @@ def test_upload_shows_ranked_result_images(served: str, browser: Any, tmp_path: 
         for i in range(images.count()):  # every result really loaded (decoded by the browser)
             assert images.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
         page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
+    finally:
+        page.close()
+
+
+def test_pressing_similar_in_the_browser_writes_the_row(
+    served: str, browser: Any, tmp_path: Path, studio: Studio
+) -> None:
+    query = tmp_path / "query.png"
+    generated_image(3, 7).save(query)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(served, wait_until="domcontentloaded")
+        page.locator('input[type="file"]').first.set_input_files(str(query))
+        page.get_by_text("Top 10").wait_for(timeout=60_000)
+        page.get_by_role("button", name="Similar", exact=True).nth(1).click()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            log = studio.store.feedback.interactions()
+            similar = log[log.interaction_type == "similar"]
+            if len(similar):
+                break
+            time.sleep(0.2)
+        assert similar[["position", "value"]].values.tolist() == [[2, 1.0]]
+        assert (log.interaction_type == "impression").sum() == 10
+        page.screenshot(path=str(tmp_path / "similar.png"), full_page=True)
     finally:
         page.close()

@@ -1,71 +1,24 @@
-"""The catalog: the only module that owns SQLite.
-
-One short-lived connection per operation (WAL mode, a busy timeout), so threads and processes
-can share a data directory; rows come out as frozen dataclasses. The schema is versioned:
-`MIGRATIONS[i]` takes a database from version i to i + 1, so old data directories are
-upgraded, never broken.
-"""
+"""The catalog: images, model versions and users, as frozen dataclasses in and out."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core.store.database import Database, StoreError, utc_now
+from core.store.feedback import FeedbackLog
+
 SPLITS = ("train", "test")
 BASE_VERSION = "base"
-BUSY_TIMEOUT_MS = 30_000
-
-MIGRATIONS: tuple[str, ...] = (
-    # 0 -> 1: the catalog, users and model versions.
-    """
-    CREATE TABLE images (
-        id            TEXT PRIMARY KEY,          -- sha256 of the file's bytes
-        original_name TEXT NOT NULL,
-        label         TEXT,                      -- category, e.g. animals/mammals/cats
-        split         TEXT NOT NULL CHECK (split IN ('train', 'test')),
-        width         INTEGER NOT NULL,
-        height        INTEGER NOT NULL,
-        file          TEXT NOT NULL,             -- path relative to the images folder
-        source        TEXT NOT NULL,             -- where it was ingested from
-        added_at      TEXT NOT NULL
-    );
-    CREATE INDEX images_label ON images(label);
-    CREATE TABLE users (
-        id         INTEGER PRIMARY KEY AUTOINCREMENT,
-        name       TEXT NOT NULL UNIQUE,
-        location   TEXT,
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE model_versions (
-        version    TEXT PRIMARY KEY,
-        encoder    TEXT NOT NULL,                -- registry name of the base encoder
-        parent     TEXT REFERENCES model_versions(version),
-        active     INTEGER NOT NULL DEFAULT 0 CHECK (active IN (0, 1)),
-        created_at TEXT NOT NULL,
-        card       TEXT NOT NULL DEFAULT '{}'    -- JSON: architecture, training summary, metrics
-    );
-    CREATE UNIQUE INDEX one_active_version ON model_versions(active) WHERE active = 1;
-    """,
-)
-
-
-class StoreError(ValueError):
-    """A request the catalog cannot satisfy (unknown version, bad split, …); one sentence."""
 
 
 def split_for(image_id: str) -> str:
     """Deterministic train/test split from the id (sha256 hex): about half each."""
     return SPLITS[int(image_id[:8], 16) % 2]
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -114,57 +67,12 @@ def _version(row: sqlite3.Row) -> ModelVersion:
     return ModelVersion(**values)
 
 
-class Store:
-    """The catalog database at `path` (created and migrated on first use)."""
+class Store(Database):
+    """The catalog at `path`: images, model versions, users (and, through `feedback`, the log)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._migrate()
-
-    @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        """A fresh connection in one transaction: committed on success, rolled back on error."""
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("BEGIN IMMEDIATE")
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        finally:
-            conn.close()
-
-    def _migrate(self) -> None:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-        finally:
-            conn.close()
-        with self.connect() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT version FROM schema_version").fetchone()
-            current = row[0] if row else 0
-            if current > len(MIGRATIONS):
-                raise StoreError(
-                    f"The catalog {self.path} has schema version {current}, newer than this "
-                    f"program's {len(MIGRATIONS)}; upgrade Lookalike."
-                )
-            for script in MIGRATIONS[current:]:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-            conn.execute("DELETE FROM schema_version")
-            conn.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
-
-    def schema_version(self) -> int:
-        with self.connect() as conn:
-            return int(conn.execute("SELECT version FROM schema_version").fetchone()[0])
+        super().__init__(path)
+        self.feedback = FeedbackLog(self)
 
     # --- images -------------------------------------------------------------------------
 
@@ -349,3 +257,17 @@ class Store:
     def list_users(self) -> list[User]:
         with self.connect() as conn:
             return [User(**dict(row)) for row in conn.execute("SELECT * FROM users ORDER BY id")]
+
+    def get_user(self, user_id: int) -> User:
+        with self.connect() as conn:
+            row = conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"Unknown user id {user_id}.")
+        return User(**dict(row))
+
+    def set_user_location(self, user_id: int, location: str | None) -> User:
+        """A location the user chose (None: follow what the browser reports)."""
+        self.get_user(user_id)
+        with self.connect() as conn:
+            conn.execute("UPDATE users SET location = ? WHERE id = ?", (location, user_id))
+        return self.get_user(user_id)
