@@ -3,6 +3,7 @@
 import streamlit as st
 
 from ui.resources import get_studio
+from ui.state import mark_app_frame
 from ui.widgets import sidebar, user_picker
 
 st.set_page_config(page_title="Lookalike", page_icon="assets/logo.svg", layout="wide")
@@ -11,6 +12,7 @@ navigation = st.navigation(
     [
         st.Page("pages/search.py", title="Search", icon=":material/image_search:", default=True),
         st.Page("pages/gallery.py", title="Gallery", icon=":material/photo_library:"),
+        st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:"),
     ]
 )
 st.logo("assets/logo.svg")
@@ -18,4 +20,5 @@ studio = get_studio()
 studio.encoder()  # load the cached encoder now, not on the first upload
 user_picker(studio)
 sidebar(studio)
+mark_app_frame()
 navigation.run()

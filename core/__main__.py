@@ -88,12 +88,23 @@ def cmd_search(studio: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(studio: Any, args: argparse.Namespace) -> int:
-    result = studio.evaluate(args.model, args.split, args.k).as_dict()
-    text = "\n".join(
-        f"{key:>15}: {value:.4f}" if isinstance(value, float) else f"{key:>15}: {value}"
-        for key, value in result.items()
-    )
-    _emit(result, args.json, text)
+    result = studio.evaluate(args.model, args.split, args.k, args.relevance)
+    payload = result.as_dict(per_label=args.per_label)
+    lines = [
+        f"{result.model} · split {result.split} · k={result.k} · relevance {result.relevance}",
+        f"{result.n_queries} queries ({result.n_excluded} without a relevant item left out)"
+        f" in {result.seconds:.2f} s",
+    ]
+    for name, (low, high) in result.intervals.items():
+        lines.append(f"{name:>15}: {payload[name]:.4f}  [{low:.4f}, {high:.4f}]")
+    if args.per_label:
+        lines.append(f"{'label':<40} {'queries':>7} {'mAP':>7} {'MRR':>7} {'nDCG':>7}")
+        for row in result.per_label:
+            lines.append(
+                f"{row['label']:<40} {row['n_queries']:>7} {row['map']:>7.3f}"
+                f" {row['mrr']:>7.3f} {row['ndcg_at_k']:>7.3f}"
+            )
+    _emit(payload, args.json, "\n".join(lines))
     return 0
 
 
@@ -182,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", help="version (default: the active one)")
     evaluate.add_argument("--split", choices=("all", "train", "test"), default="all")
     evaluate.add_argument("-k", type=int, default=10)
+    evaluate.add_argument(
+        "--relevance",
+        choices=("labels", "feedback"),
+        default="labels",
+        help="same label, or the logged similar / not similar / grades",
+    )
+    evaluate.add_argument("--per-label", action="store_true", help="add the per-label breakdown")
     add("models", cmd_models, "List model versions.")
     activate = add("activate", cmd_activate, "Make a model version the one search uses.")
     activate.add_argument("version")

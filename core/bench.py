@@ -122,7 +122,9 @@ def bench_log(n_rows: int = 2000, processes: int = 4) -> dict[str, float]:
         start, done = context.Barrier(processes + 1), context.Queue()
         share = n_rows // processes
         workers = [
-            context.Process(target=_click_many, args=(path, query_id, share, start, done))
+            context.Process(
+                target=_click_many, args=(path, query_id, share, start, done), daemon=True
+            )
             for _ in range(processes)
         ]
         for worker in workers:

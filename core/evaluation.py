@@ -1,22 +1,34 @@
-"""Offline evaluation of a model version on a split, with label relevance.
+"""Offline evaluation of a model version on a split, by label or by logged human relevance.
 
-Queries are the split's labelled images; each ranks the rest of the split (itself removed) by
-exact cosine similarity of the version's stored embeddings, so the numbers describe the encoder,
-not the approximate index. Metric definitions live in `core.metrics` (DESIGN.md, "Metrics,
-exactly").
+Queries rank the rest of the split (the query itself removed) by exact cosine similarity of
+the version's stored vectors, so the numbers describe the encoder, not the approximate index.
+Metric definitions live in `core.metrics` (DESIGN.md, "Metrics, exactly").
+
+Relevance sources:
+- `labels`: every labelled image of the split is a query; an item is relevant (gain 1) when it
+  has the query's label.
+- `feedback`: every query image with logged judgements is a query; an item's gain is its
+  latest grade (0–3) if it has one, else 1 for labelled similar and 0 for not similar (latest
+  row wins, undone labels and cleared grades are no judgement). Unjudged items gain 0.
+Queries with no relevant item in the split are left out and counted in `n_excluded`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from core.index import VectorIndex
-from core.metrics import label_relevance, rank_by_scores, ranking_metrics
-from core.store import SPLITS, ImageRecord, Store, StoreError
+from core.metrics import METRIC_NAMES, per_query_metrics, rank_by_scores, ranking_metrics
+from core.store import SPLITS, EvaluationRun, ImageRecord, Store, StoreError
 
 EVAL_SPLITS = ("all", *SPLITS)
+RELEVANCE_SOURCES = ("labels", "feedback")
+QueryVectors = Callable[[Sequence[str]], dict[str, np.ndarray]]  # ids -> (d,) vectors found
 
 
 class EvaluationError(ValueError):
@@ -30,6 +42,7 @@ class Evaluation:
     model: str
     split: str
     k: int
+    relevance: str
     n_queries: int
     n_excluded: int
     mrr: float
@@ -37,82 +50,297 @@ class Evaluation:
     precision_at_k: float
     recall_at_k: float
     ndcg_at_k: float
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # 95 % over queries
+    per_label: list[dict[str, object]] = field(default_factory=list)
+    seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+    def metrics(self) -> dict[str, float]:
+        return {name: float(getattr(self, name)) for name in METRIC_NAMES}
+
+    def as_dict(self, per_label: bool = False) -> dict[str, object]:
+        out = asdict(self)
+        out["intervals"] = {name: list(bounds) for name, bounds in self.intervals.items()}
+        if not per_label:
+            del out["per_label"]
+        return out
 
 
 @dataclass(frozen=True)
-class SplitData:
-    """A split's images with their embeddings in the same order."""
+class Ranking:
+    """Everything behind an evaluation: who queried, what came back, what was relevant."""
 
-    records: list[ImageRecord]
-    embeddings: np.ndarray  # (N, d) float32, unit norm
+    query_ids: list[str]  # (Q,)
+    query_labels: list[str | None]  # (Q,)
+    ranked_ids: np.ndarray  # (Q, depth) object array of image ids, best first (None: no result)
+    gains: np.ndarray  # (Q, depth) relevance gain of each ranked item
+    n_relevant: np.ndarray  # (Q,) relevant items in the split
+    ideal_gains: np.ndarray  # (Q, M) gains of all relevant items, zero-padded
+
+    def metrics(self, k: int) -> dict[str, np.ndarray]:
+        """Per-query arrays at cutoff k (see `core.metrics.per_query_metrics`)."""
+        return per_query_metrics(
+            self.gains[:, :k], self.n_relevant, k, ideal_gains=self.ideal_gains
+        )
 
 
-def load_split(store: Store, index: VectorIndex, version: str, split: str) -> SplitData:
-    """The split's catalogued images and their vectors from `version`'s collection."""
+def _gallery(
+    store: Store, index: VectorIndex, version: str, split: str
+) -> tuple[list[ImageRecord], np.ndarray]:
+    """The split's catalogued images and their (N, d) vectors from `version`'s collection."""
     if split not in EVAL_SPLITS:
         raise EvaluationError(f"Unknown split {split!r}; use one of {', '.join(EVAL_SPLITS)}.")
     records = store.list_images(split=None if split == "all" else split)
     ids, vectors = index.get_embeddings(version, [r.id for r in records])
-    by_id = dict(zip(ids, vectors, strict=True))
-    missing = [r.id for r in records if r.id not in by_id]
-    if missing:
+    if len(ids) != len(records):
         raise EvaluationError(
-            f"{len(missing)} catalogued images have no vector in version {version!r}; "
-            "re-index it before evaluating."
+            f"{len(records) - len(ids)} catalogued images have no vector in version "
+            f"{version!r}; re-index it before evaluating."
         )
-    matrix = np.stack([by_id[r.id] for r in records]) if records else np.zeros((0, 0), np.float32)
-    return SplitData(records, matrix.astype(np.float32))
+    by_id = dict(zip(ids, vectors, strict=True))
+    if not records:
+        return records, np.zeros((0, 0), np.float32)
+    return records, np.stack([by_id[r.id] for r in records]).astype(np.float32)
 
 
-def label_relevance_at_k(data: SplitData, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Binary relevance of each labelled query's top k, and |R| per query.
+def feedback_gains(log: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """{query image id: {displayed image id: gain}} from the interaction log (see module doc)."""
+    judged = log[log.interaction_type.isin(["similar", "not_similar", "grade"])]
+    gains: dict[str, dict[str, float]] = {}
+    labels = judged[judged.interaction_type != "grade"]
+    grades = judged[judged.interaction_type == "grade"]
+    pair = ["query_image_id", "displayed_image_id"]
+    for (query, shown), row in labels.groupby(pair, sort=False).tail(1).set_index(pair).iterrows():
+        if row.value == 1:
+            gains.setdefault(query, {})[shown] = 1.0 if row.interaction_type == "similar" else 0.0
+    for (query, shown), row in grades.groupby(pair, sort=False).tail(1).set_index(pair).iterrows():
+        if not np.isnan(row.value):
+            gains.setdefault(query, {})[shown] = float(row.value)
+    return gains
 
-    Returns `rel` (Q, min(k, N-1)) in ranked order and `n_relevant` (Q,).
-    """
-    labels = np.array([r.label or "" for r in data.records], dtype=object)  # (N,)
-    queries = np.flatnonzero(labels != "")  # (Q,) row numbers of labelled images
-    scores = data.embeddings[queries] @ data.embeddings.T  # (Q, N) cosine: vectors are unit norm
-    scores[np.arange(len(queries)), queries] = -np.inf  # the query itself is not a result
-    depth = min(k, len(data.records) - 1)
-    ranked = rank_by_scores(scores)[:, :depth]  # (Q, depth) ties: lower catalog position first
-    rel = label_relevance(labels[ranked], labels[queries])  # (Q, depth)
-    counts = {
-        label: int(n) for label, n in zip(*np.unique(labels, return_counts=True), strict=True)
-    }
+
+def _rank(
+    queries: np.ndarray, gallery: np.ndarray, self_rows: np.ndarray, depth: int
+) -> np.ndarray:
+    """(Q, d) x (N, d) -> (Q, depth) gallery rows best first; `self_rows[i]` >= 0 is skipped."""
+    scores = queries @ gallery.T  # (Q, N) cosine: unit vectors
+    has_self = self_rows >= 0
+    scores[np.flatnonzero(has_self), self_rows[has_self]] = -np.inf
+    return rank_by_scores(scores)[:, :depth]  # ties: lower catalog position first
+
+
+def _label_ranking(records: list[ImageRecord], vectors: np.ndarray, depth: int) -> Ranking:
+    labels = np.array([r.label or "" for r in records], dtype=object)  # (N,)
+    queries = np.flatnonzero(labels != "")  # (Q,)
+    ranked = _rank(vectors[queries], vectors, queries, depth)  # (Q, depth)
+    gains = (labels[ranked] == labels[queries][:, None]).astype(np.float64)
+    counts = pd.Series(labels).value_counts()
     n_relevant = np.array([counts[label] - 1 for label in labels[queries]], dtype=np.int64)
-    return rel, n_relevant
+    ideal = (np.arange(max(n_relevant.max(initial=0), 1)) < n_relevant[:, None]).astype(float)
+    ids = np.array([r.id for r in records], dtype=object)
+    return Ranking(
+        [r.id for r in np.array(records, dtype=object)[queries]],
+        list(labels[queries]),
+        ids[ranked],
+        gains,
+        n_relevant,
+        ideal,
+    )
 
 
-def evaluate_version(
-    store: Store, index: VectorIndex, version: str, split: str = "all", k: int = 10
-) -> Evaluation:
-    """Label-relevance metrics at cutoff k for `version` on `split` ("all", "train", "test")."""
-    if k < 1:
-        raise EvaluationError("k must be at least 1.")
+def _feedback_ranking(
+    records: list[ImageRecord],
+    vectors: np.ndarray,
+    judgements: dict[str, dict[str, float]],
+    query_vectors: QueryVectors,
+    depth: int,
+    labels: dict[str, str | None],
+) -> Ranking:
+    row_of = {r.id: i for i, r in enumerate(records)}
+    found = query_vectors(sorted(judgements))
+    query_ids = [q for q in sorted(judgements) if q in found]
+    if not query_ids:
+        return Ranking([], [], np.zeros((0, depth), object), np.zeros((0, depth)),
+                       np.zeros(0, np.int64), np.zeros((0, 1)))  # fmt: skip
+    self_rows = np.array([row_of.get(q, -1) for q in query_ids])
+    ranked = _rank(np.stack([found[q] for q in query_ids]), vectors, self_rows, depth)
+    ids = np.array([r.id for r in records], dtype=object)
+    ranked_ids = ids[ranked]
+    # A query inside the split ranks itself last (score -inf): that slot holds no result.
+    ranked_ids[ranked_ids == np.array(query_ids, dtype=object)[:, None]] = None
+    gains = np.array(
+        [
+            [judgements[q].get(i, 0.0) for i in row]
+            for q, row in zip(query_ids, ranked_ids, strict=True)
+        ]
+    ).reshape(len(query_ids), -1)
+    relevant = [
+        sorted(
+            (g for i, g in judgements[q].items() if g > 0 and i in row_of and i != q), reverse=True
+        )
+        for q in query_ids
+    ]
+    width = max((len(r) for r in relevant), default=0) or 1
+    ideal = np.array([r + [0.0] * (width - len(r)) for r in relevant])
+    return Ranking(
+        query_ids,
+        [labels.get(q) for q in query_ids],
+        ranked_ids,
+        gains,
+        np.array([len(r) for r in relevant], dtype=np.int64),
+        ideal,
+    )
+
+
+def per_label_table(ranking: Ranking, k: int) -> list[dict[str, object]]:
+    """Metrics averaged per query label (only queries that counted), worst mAP first."""
+    per_query = ranking.metrics(k)
+    frame = pd.DataFrame({name: per_query[name] for name in METRIC_NAMES})
+    frame["label"] = [ranking.query_labels[i] or "(unlabelled)" for i in per_query["query"]]
+    grouped = frame.groupby("label").agg(
+        n_queries=("mrr", "size"), **{name: (name, "mean") for name in METRIC_NAMES}
+    )
+    rows = grouped.reset_index().sort_values(["map", "label"]).to_dict("records")
+    return [{str(key): value for key, value in row.items()} for row in rows]
+
+
+def _intervals(ranking: Ranking, k: int) -> dict[str, tuple[float, float]]:
+    """95 % normal-approximation intervals of each mean over queries."""
+    per_query = ranking.metrics(k)
+    out = {}
+    for name in METRIC_NAMES:
+        values = per_query[name]
+        if len(values) < 2:
+            out[name] = (float(values.mean()) if len(values) else 0.0,) * 2
+            continue
+        half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+        out[name] = (float(values.mean() - half), float(values.mean() + half))
+    return out
+
+
+def build_ranking(
+    store: Store,
+    index: VectorIndex,
+    version: str,
+    split: str = "all",
+    relevance: str = "labels",
+    depth: int = 10,
+    query_vectors: QueryVectors | None = None,
+) -> Ranking:
+    """Rank every query of the split `depth` deep under `version`, with its relevance gains."""
+    if relevance not in RELEVANCE_SOURCES:
+        raise EvaluationError(
+            f"Unknown relevance {relevance!r}; use one of {', '.join(RELEVANCE_SOURCES)}."
+        )
     try:
         store.get_model_version(version)
     except StoreError as exc:
         raise EvaluationError(str(exc)) from exc
-    data = load_split(store, index, version, split)
-    if not any(r.label for r in data.records) or len(data.records) < 2:
-        raise EvaluationError(
-            f"The {split} split has no labelled images to evaluate; ingest with "
-            "--label-from-folders (or run demo-data) first."
-        )
-    rel, n_relevant = label_relevance_at_k(data, k)
-    metrics = ranking_metrics(rel, n_relevant, k)
+    records, vectors = _gallery(store, index, version, split)
+    # A query outside the split (an upload) ranks all of it; one inside ranks the others.
+    depth = max(1, min(depth, len(records)))
+    if relevance == "labels":
+        if len(records) < 2 or not any(r.label for r in records):
+            raise EvaluationError(
+                f"The {split} split has no labelled images to evaluate; ingest with "
+                "--label-from-folders (or run demo-data) first."
+            )
+        return _label_ranking(records, vectors, min(depth, len(records) - 1))
+    judgements = feedback_gains(store.feedback.interactions())
+    if not judgements or len(records) < 2:
+        raise EvaluationError("No logged judgements yet: label some results (or simulate).")
+    # a query's label is its catalog label, whether or not it lies in the split
+    labels = {i: r.label for i, r in store.get_images(list(judgements)).items()}
+    lookup = query_vectors or _stored_vectors(index, version)
+    return _feedback_ranking(records, vectors, judgements, lookup, depth, labels)
+
+
+def _stored_vectors(index: VectorIndex, version: str) -> QueryVectors:
+    def lookup(ids: Sequence[str]) -> dict[str, np.ndarray]:
+        found, vectors = index.get_embeddings(version, list(ids))
+        return dict(zip(found, vectors, strict=True))
+
+    return lookup
+
+
+def evaluate_version(
+    store: Store,
+    index: VectorIndex,
+    version: str,
+    split: str = "all",
+    k: int = 10,
+    relevance: str = "labels",
+    query_vectors: QueryVectors | None = None,
+) -> Evaluation:
+    """Metrics at cutoff k for `version` on `split`, with per-label breakdown and intervals."""
+    if k < 1:
+        raise EvaluationError("k must be at least 1.")
+    started = time.perf_counter()
+    ranking = build_ranking(store, index, version, split, relevance, k, query_vectors)
+    summary = ranking_metrics(
+        ranking.gains[:, :k], ranking.n_relevant, k, ideal_gains=ranking.ideal_gains
+    )
     return Evaluation(
         model=version,
         split=split,
         k=k,
-        n_queries=metrics.n_queries,
-        n_excluded=metrics.n_excluded,
-        mrr=metrics.mrr,
-        map=metrics.map,
-        precision_at_k=metrics.precision_at_k,
-        recall_at_k=metrics.recall_at_k,
-        ndcg_at_k=metrics.ndcg_at_k,
+        relevance=relevance,
+        n_queries=summary.n_queries,
+        n_excluded=summary.n_excluded,
+        mrr=summary.mrr,
+        map=summary.map,
+        precision_at_k=summary.precision_at_k,
+        recall_at_k=summary.recall_at_k,
+        ndcg_at_k=summary.ndcg_at_k,
+        intervals=_intervals(ranking, k),
+        per_label=per_label_table(ranking, k),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def metric_curves(ranking: Ranking, ks: Sequence[int]) -> pd.DataFrame:
+    """Long table (k, metric, value) of the mean metrics at each cutoff in `ks`."""
+    rows = []
+    for k in ks:
+        summary = ranking_metrics(
+            ranking.gains[:, :k], ranking.n_relevant, k, ideal_gains=ranking.ideal_gains
+        )
+        rows += [{"k": k, "metric": name, "value": getattr(summary, name)} for name in METRIC_NAMES]
+    return pd.DataFrame(rows)
+
+
+def worst_queries(ranking: Ranking, k: int, n: int = 5, metric: str = "map") -> pd.DataFrame:
+    """The n queries with the lowest `metric` at k: query id, label, value, top-k ids, gains."""
+    per_query = ranking.metrics(k)
+    order = np.argsort(per_query[metric], kind="stable")[:n]
+    rows = []
+    for i in order:
+        q = per_query["query"][i]
+        shown = [j for j, image in enumerate(ranking.ranked_ids[q, :k]) if image is not None]
+        rows.append(
+            {
+                "query_id": ranking.query_ids[q],
+                "label": ranking.query_labels[q],
+                metric: float(per_query[metric][i]),
+                "results": list(ranking.ranked_ids[q, shown]),
+                "gains": list(ranking.gains[q, shown]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def evaluation_from_run(run: EvaluationRun) -> Evaluation:
+    """A stored run read back as an `Evaluation`."""
+    intervals = {m: tuple(run.metrics.get(f"{m}_interval", (0.0, 0.0))) for m in METRIC_NAMES}
+    # JSON turned the (low, high) tuples into lists
+    return Evaluation(
+        model=run.model_version,
+        split=run.split,
+        k=run.k,
+        relevance=run.relevance,
+        n_queries=run.n_queries,
+        n_excluded=run.n_excluded,
+        intervals=intervals,
+        per_label=run.per_label,
+        seconds=run.seconds,
+        **{m: float(run.metrics[m]) for m in METRIC_NAMES},
     )

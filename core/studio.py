@@ -19,7 +19,7 @@ from PIL import Image
 from core.config import Settings
 from core.demo import DEMO_EXTENSIONS, fetch_demo_stamps
 from core.encoder import Encoder, load_encoder
-from core.evaluation import Evaluation, evaluate_version
+from core.evaluation import Evaluation, QueryVectors, evaluate_version, evaluation_from_run
 from core.images import IMAGE_EXTENSIONS, LoadedImage, load_image
 from core.index import Hit, VectorIndex
 from core.ingest import (
@@ -198,10 +198,49 @@ class Studio:
             raise EmptyGalleryError(f"Image {image_id[:12]}… has no vector in {version!r}.")
         return self.search_vectors(vectors, k, exclude=[{image_id}])[0]
 
-    def evaluate(self, version: str | None = None, split: str = "all", k: int = 10) -> Evaluation:
-        """Offline label metrics (core.evaluation) for a version, by default the active one."""
+    def evaluate(
+        self,
+        version: str | None = None,
+        split: str = "all",
+        k: int = 10,
+        relevance: str = "labels",
+        *,
+        reuse: bool = False,
+    ) -> Evaluation:
+        """Offline metrics (core.evaluation) of a version, by default the active one; stored
+        as an evaluation run. With `reuse`, a stored run of the same gallery state answers."""
         name = version or self.active_version().version
-        return evaluate_version(self.store, self.index, name, split, k)
+        signature = self.store.state_signature()
+        if reuse and (
+            run := self.store.runs.latest_evaluation(name, split, k, relevance, signature)
+        ):
+            return evaluation_from_run(run)
+        result = evaluate_version(
+            self.store, self.index, name, split, k, relevance, self._query_vectors(name)
+        )
+        self.store.runs.add_evaluation(
+            model_version=name, split=split, k=k, relevance=relevance,
+            n_queries=result.n_queries, n_excluded=result.n_excluded,
+            metrics=result.metrics() | {f"{m}_interval": b for m, b in result.intervals.items()},
+            per_label=result.per_label, signature=signature, seconds=result.seconds,
+        )  # fmt: skip
+        return result
+
+    def _query_vectors(self, version: str) -> QueryVectors:
+        """Vectors of query images under `version`: stored ones, else uploads re-encoded."""
+
+        def lookup(ids: Sequence[str]) -> dict[str, np.ndarray]:
+            found, vectors = self.index.get_embeddings(version, list(ids))
+            out = dict(zip(found, vectors, strict=True))
+            files = {i: self.store.feedback.query_image_file(i) for i in ids if i not in out}
+            uploads = {i: f for i, f in files.items() if f is not None}
+            if uploads:
+                encoder = self.encoder(self.store.get_model_version(version))
+                images = [load_image(self.settings.queries_dir / f).image for f in uploads.values()]
+                out.update(zip(uploads, encoder.encode(images), strict=True))
+            return out
+
+        return lookup
 
     # --- the feedback loop ----------------------------------------------------------------
 

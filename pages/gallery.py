@@ -10,11 +10,13 @@ from core.demo import DemoDataError, fetch_demo_stamps
 from core.images import IMAGE_EXTENSIONS
 from core.ingest import IngestReport
 from ui.resources import get_studio
+from ui.state import require_app_frame
 from ui.widgets import progress_bar
 
 PAGE_SIZE = 40
 COLUMNS = 8
 
+require_app_frame()
 studio = get_studio()
 st.title("Gallery")
 

@@ -6,8 +6,9 @@ from core.images import IMAGE_EXTENSIONS, ImageError, load_image
 from core.studio import LoggedSearch
 from ui.feedback import feedback_grid
 from ui.resources import get_studio
-from ui.state import current_user, remember
+from ui.state import current_user, remember, require_app_frame
 
+require_app_frame()
 studio = get_studio()
 user, location = current_user(studio)
 st.title("Search by image")

@@ -561,7 +561,7 @@ SHOWN = [1, 2, 3, 4, 5]
 def click_one_by_one(path: Path, query_id: int, user_id: int, clicks: int, barrier) -> None:
     """Worker body: click the query's results round-robin, one transaction per click."""
     store = Store(path)
-    barrier.wait()  # multiprocessing's Barrier is a threading.Barrier too
+    barrier.wait(timeout=60)  # multiprocessing's Barrier is a threading.Barrier too
     for n in range(clicks):
         store.feedback.log_interaction(
             query_id, image_id(SHOWN[n % len(SHOWN)]), "click", user_id=user_id
@@ -597,6 +597,7 @@ def test_four_processes_writing_500_clicks_each_leave_exactly_2000_rows(store: S
         ctx.Process(
             target=click_one_by_one,
             args=(store.path, query_id, user, CLICKS_PER_WORKER, barrier),
+            daemon=True,  # a crashed sibling must fail the test, not hang pytest's exit
         )
         for user in users
     ]
@@ -619,7 +620,7 @@ def test_four_threads_sharing_one_store_lose_no_clicks(store: Store):
     def work(user: int) -> None:
         try:
             # One Store object shared by all threads: each operation opens its own connection.
-            barrier.wait()
+            barrier.wait(timeout=60)
             for n in range(per_worker):
                 store.feedback.log_interaction(
                     query_id, image_id(SHOWN[n % len(SHOWN)]), "click", user_id=user

@@ -355,7 +355,7 @@ WRITES_PER_WORKER = 200
 def write_one_by_one(path: Path, worker: int, barrier: threading.Barrier) -> None:
     """Worker body: open the catalog and add this worker's images, one transaction each."""
     store = Store(path)
-    barrier.wait()  # multiprocessing's Barrier is a threading.Barrier too
+    barrier.wait(timeout=60)  # multiprocessing's Barrier is a threading.Barrier too
     for n in range(WRITES_PER_WORKER):
         store.add_images([record(worker * 10_000 + n)])
 
@@ -385,7 +385,8 @@ def test_concurrent_processes_lose_no_writes(catalog_path: Path):
     barrier = ctx.Barrier(2)
     # No catalog yet: both processes also race to create and migrate it.
     procs = [
-        ctx.Process(target=write_one_by_one, args=(catalog_path, w, barrier)) for w in range(2)
+        ctx.Process(target=write_one_by_one, args=(catalog_path, w, barrier), daemon=True)
+        for w in range(2)
     ]
     for p in procs:
         p.start()

@@ -14,6 +14,7 @@ T = TypeVar("T")
 
 CURRENT_USER_KEY = "current_user"  # (user id, location) chosen in the sidebar this run
 DEFAULT_USER = "guest"
+APP_FRAME_KEY = "app_frame"  # set by app.py on every run, before the page runs
 _MEMO_KEY = "memo"  # {key: value} of this session's computed results
 _MEMO_SIZE = 32  # the last results are kept; older ones are recomputed if asked again
 
@@ -34,3 +35,19 @@ def current_user(studio: Studio) -> tuple[User, str | None]:
     if user_id is None:  # a page run on its own (tests): fall back to the guest
         return studio.store.ensure_user(DEFAULT_USER), None
     return studio.store.get_user(user_id), location
+
+
+def mark_app_frame() -> None:
+    """app.py: the sidebar and navigation are drawn; the page may run."""
+    st.session_state[APP_FRAME_KEY] = True
+
+
+def require_app_frame() -> None:
+    """Pages: run inside app.py, never alone.
+
+    A fresh server whose first request is a deep link (/gallery) runs the page file directly,
+    in Streamlit's legacy `pages/` mode, without app.py's navigation and sidebar; hand that
+    session to app.py, which registers the navigation for good.
+    """
+    if not st.session_state.get(APP_FRAME_KEY):
+        st.switch_page("app.py")

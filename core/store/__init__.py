@@ -26,6 +26,7 @@ from core.store.feedback import (
     LoggedQuery,
     ResultLabel,
 )
+from core.store.runs import EvaluationRun, RunLog
 from core.store.schema import MIGRATIONS
 
 __all__ = [
@@ -38,11 +39,13 @@ __all__ = [
     "MIGRATIONS",
     "QUERY_SOURCES",
     "SPLITS",
+    "EvaluationRun",
     "FeedbackLog",
     "ImageRecord",
     "LoggedQuery",
     "ModelVersion",
     "ResultLabel",
+    "RunLog",
     "Store",
     "StoreError",
     "User",

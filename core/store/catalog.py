@@ -11,6 +11,7 @@ from typing import Any
 
 from core.store.database import Database, StoreError, utc_now
 from core.store.feedback import FeedbackLog
+from core.store.runs import RunLog
 
 SPLITS = ("train", "test")
 BASE_VERSION = "base"
@@ -73,6 +74,7 @@ class Store(Database):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.feedback = FeedbackLog(self)
+        self.runs = RunLog(self)
 
     # --- images -------------------------------------------------------------------------
 
@@ -149,6 +151,15 @@ class Store(Database):
     def count_images(self) -> int:
         with self.connect() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+
+    def state_signature(self) -> str:
+        """Changes whenever the gallery or the log changes: images, labels, interactions."""
+        with self.connect() as conn:
+            images = conn.execute(
+                "SELECT COUNT(*), COUNT(label), MAX(added_at), SUM(length(id) * rowid) FROM images"
+            ).fetchone()
+            log = conn.execute("SELECT MAX(id) FROM interactions").fetchone()
+        return f"images={images[0]}/{images[1]}/{images[2]}/{images[3]}|log={log[0]}"
 
     def label_counts(self) -> dict[str, int]:
         """Images per label (unlabelled images under the empty string), largest first."""

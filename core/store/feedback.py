@@ -267,9 +267,17 @@ class FeedbackLog:
         }
 
     def interactions(
-        self, *, model_version: str | None = None, user_id: int | None = None
+        self,
+        *,
+        model_version: str | None = None,
+        user_id: int | None = None,
+        with_query_id: bool = False,
     ) -> pd.DataFrame:
-        """The log: exactly the seed's columns plus `model_version` and `value`, oldest first."""
+        """The log: exactly the seed's columns plus `model_version` and `value`, oldest first.
+
+        `with_query_id` appends the `query_id` column, which tells apart two searches with the
+        same image (online metrics match clicks to impressions by it).
+        """
         clauses: list[str] = []
         params: list[object] = []
         if model_version is not None:
@@ -279,11 +287,13 @@ class FeedbackLog:
             clauses.append("user_id = ?")
             params.append(user_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT {', '.join(LOG_COLUMNS)} FROM interactions {where} ORDER BY id"
+        columns = [*LOG_COLUMNS, "query_id"] if with_query_id else list(LOG_COLUMNS)
+        sql = f"SELECT {', '.join(columns)} FROM interactions {where} ORDER BY id"
         with self._db.connect() as conn:
             rows = conn.execute(sql, params).fetchall()
-        frame = pd.DataFrame([tuple(row) for row in rows], columns=list(LOG_COLUMNS))
-        return frame.astype({"user_id": "int64", "position": "int64", "value": "float64"})
+        frame = pd.DataFrame([tuple(row) for row in rows], columns=columns)
+        types = {"user_id": "int64", "position": "int64", "value": "float64"}
+        return frame.astype(types | ({"query_id": "int64"} if with_query_id else {}))
 
     def counts(self, user_id: int | None = None) -> dict[str, int]:
         """Rows per interaction type (of one user, or everyone's)."""

@@ -76,4 +76,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX interactions_query ON interactions(query_id, displayed_image_id);
     CREATE INDEX interactions_type ON interactions(interaction_type, model_version)
     """,
+    # 2 -> 3: stored evaluation runs (issue: metrics that can be trusted).
+    """
+    CREATE TABLE evaluation_runs (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        model_version TEXT NOT NULL REFERENCES model_versions(version),
+        split         TEXT NOT NULL CHECK (split IN ('all', 'train', 'test')),
+        k             INTEGER NOT NULL CHECK (k >= 1),
+        relevance     TEXT NOT NULL CHECK (relevance IN ('labels', 'feedback')),
+        n_queries     INTEGER NOT NULL,
+        n_excluded    INTEGER NOT NULL,
+        metrics       TEXT NOT NULL,             -- JSON: mrr, map, precision_at_k, …
+        per_label     TEXT NOT NULL DEFAULT '[]',  -- JSON: one object per label
+        signature     TEXT NOT NULL,             -- the gallery (and log) state it measured
+        seconds       REAL NOT NULL,
+        created_at    TEXT NOT NULL
+    );
+    CREATE INDEX evaluation_runs_lookup ON evaluation_runs(model_version, split, k, relevance)
+    """,
 )
