@@ -12,6 +12,7 @@ navigation = st.navigation(
     [
         st.Page("pages/search.py", title="Search", icon=":material/image_search:", default=True),
         st.Page("pages/gallery.py", title="Gallery", icon=":material/photo_library:"),
+        st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
         st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:"),
     ]
 )

@@ -156,12 +156,41 @@ def cmd_export(studio: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_project(studio: Any, args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    def stage(text: str) -> None:
+        print(f"project: {text}", file=sys.stderr, flush=True)
+
+    layout = studio.layout(args.model, args.method, stage)
+    labels = {r.id: r.label for r in studio.store.get_images(layout.ids).values()}
+    table = pd.DataFrame(
+        {
+            "image_id": layout.ids,
+            "label": [labels.get(i) for i in layout.ids],
+            "x": layout.coords[:, 0],
+            "y": layout.coords[:, 1],
+        }
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    payload = {
+        "path": str(out),
+        "method": layout.method,
+        "points": len(table),
+        "total": layout.total,
+    }
+    _emit(payload, args.json, f"{len(table)} points ({layout.method}) -> {out}")
+    return 0
+
+
 def cmd_bench(studio: Any, args: argparse.Namespace) -> int:
     from core.bench import run_bench
     from core.demo import STAMPS_SUBDIR
 
     folder = Path(args.folder) if args.folder else studio.settings.demo_dir / "root" / STAMPS_SUBDIR
-    figures = run_bench(studio, folder, args.images, args.queries, args.k)
+    figures = run_bench(studio, folder, args.images, args.queries, args.k, args.umap)
     _emit(figures, args.json, "\n".join(f"{key:>22}: {value}" for key, value in figures.items()))
     return 0
 
@@ -213,11 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     export = add("export-interactions", cmd_export, "Write the interaction log as CSV or Parquet.")
     export.add_argument("out")
     export.add_argument("--format", choices=("csv", "parquet"), help="default: from the extension")
+    project = add("project", cmd_project, "Write a 2-D map of a version's gallery as CSV.")
+    project.add_argument("out", help="CSV with image_id, label, x, y")
+    project.add_argument("--model", help="version (default: the active one)")
+    project.add_argument("--method", choices=("umap", "pca"), default="umap")
     bench = add("bench", cmd_bench, "Measure ingest speed, search latency and index recall.")
     bench.add_argument("--folder", help="images to time ingest on (default: the demo stamps)")
     bench.add_argument("--images", type=int, default=200, help="how many images to ingest")
     bench.add_argument("--queries", type=int, default=50, help="how many searches to time")
     bench.add_argument("-k", type=int, default=10)
+    bench.add_argument("--umap", action="store_true", help="also time UMAP (about 2 minutes)")
     return parser
 
 
@@ -235,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.evaluation import EvaluationError
     from core.images import ImageError
     from core.index import VectorIndexError
+    from core.projection import ProjectionError
     from core.simulate import SimulationError
     from core.store import StoreError
     from core.studio import EmptyGalleryError, Studio
@@ -248,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         VectorIndexError,
         StoreError,
         SimulationError,
+        ProjectionError,
         EmptyGalleryError,
     )
     try:

@@ -4,7 +4,9 @@
 
 - ingest images/s: a sample of a folder (default: the demo stamps) into a throw-away data dir;
 - query latency p50/p95: encode one uploaded image and search the active index, encoder warm;
-- index recall@10 of the HNSW index against exact search, every gallery vector as a query.
+- index recall@10 of the HNSW index against exact search, every gallery vector as a query;
+- with `--umap`: UMAP wall time for the gallery and for 10,000 points (the gallery's vectors
+  repeated with noise), after a warm-up that pays umap-learn's one-off JIT compilation.
 """
 
 from __future__ import annotations
@@ -142,14 +144,46 @@ def bench_log(n_rows: int = 2000, processes: int = 4) -> dict[str, float]:
     }
 
 
+def bench_umap(studio: Studio, n_points: int = 10_000) -> dict[str, float]:
+    """UMAP seconds for the active version's gallery and for `n_points` points like it."""
+    from core.projection import project
+
+    _, vectors = studio.index.get_embeddings(studio.active_version().version)
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    project([str(i) for i in range(min(len(vectors), 200))], vectors[:200], "umap")  # JIT
+    warmup = time.perf_counter() - started
+    started = time.perf_counter()
+    project([str(i) for i in range(len(vectors))], vectors, "umap")
+    gallery = time.perf_counter() - started
+    many = vectors[rng.integers(0, len(vectors), n_points)] + rng.normal(
+        0, 0.02, (n_points, vectors.shape[1])
+    )
+    many = (many / np.linalg.norm(many, axis=1, keepdims=True)).astype(np.float32)
+    started = time.perf_counter()
+    project([str(i) for i in range(n_points)], many, "umap")
+    return {
+        "umap_warmup_s": round(warmup, 1),
+        f"umap_gallery_{len(vectors)}_s": round(gallery, 1),
+        f"umap_{n_points}_s": round(time.perf_counter() - started, 1),
+    }
+
+
 def run_bench(
-    studio: Studio, folder: Path | None, n_images: int, n_queries: int, k: int = 10
+    studio: Studio,
+    folder: Path | None,
+    n_images: int,
+    n_queries: int,
+    k: int = 10,
+    umap: bool = False,
 ) -> dict[str, float]:
-    """All figures; the ingest one only when a folder of images is at hand."""
+    """All figures; ingest only when a folder of images is at hand, UMAP only when asked."""
     figures: dict[str, float] = {"gallery_images": studio.store.count_images()}
     figures.update(bench_log())
     figures.update(bench_recall(studio, k))
     figures.update(bench_search(studio, n_queries, k))
     if folder is not None and folder.is_dir():
         figures.update(bench_ingest(studio, folder, n_images))
+    if umap:
+        figures.update(bench_umap(studio))
     return figures

@@ -85,6 +85,11 @@ class Settings:
         return self.data_dir / "queries"
 
     @property
+    def projections_dir(self) -> Path:
+        """Cached 2-D maps of the embedding space, per version and gallery state."""
+        return self.data_dir / "projections"
+
+    @property
     def demo_dir(self) -> Path:
         """Where the demo gallery's Debian package is downloaded and unpacked."""
         return self.data_dir / "demo"

@@ -204,7 +204,7 @@ def per_label_table(ranking: Ranking, k: int) -> list[dict[str, object]]:
 
 
 def _intervals(ranking: Ranking, k: int) -> dict[str, tuple[float, float]]:
-    """95 % normal-approximation intervals of each mean over queries."""
+    """95 % normal-approximation intervals of each mean over queries, clipped to [0, 1]."""
     per_query = ranking.metrics(k)
     out = {}
     for name in METRIC_NAMES:
@@ -213,7 +213,8 @@ def _intervals(ranking: Ranking, k: int) -> dict[str, tuple[float, float]]:
             out[name] = (float(values.mean()) if len(values) else 0.0,) * 2
             continue
         half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
-        out[name] = (float(values.mean() - half), float(values.mean() + half))
+        # Every metric lives in [0, 1]; the normal approximation does not know that.
+        out[name] = (max(0.0, float(values.mean() - half)), min(1.0, float(values.mean() + half)))
     return out
 
 

@@ -31,6 +31,7 @@ from core.ingest import (
     iter_candidates,
     sync_index,
 )
+from core.projection import Layout, ProjectionCache, Stage
 from core.refine import RocchioWeights, feedback_examples, rocchio
 from core.store import ImageRecord, LoggedQuery, ModelVersion, Store
 
@@ -216,7 +217,7 @@ class Studio:
         ):
             return evaluation_from_run(run)
         result = evaluate_version(
-            self.store, self.index, name, split, k, relevance, self._query_vectors(name)
+            self.store, self.index, name, split, k, relevance, self.query_vectors(name)
         )
         self.store.runs.add_evaluation(
             model_version=name, split=split, k=k, relevance=relevance,
@@ -226,7 +227,7 @@ class Studio:
         )  # fmt: skip
         return result
 
-    def _query_vectors(self, version: str) -> QueryVectors:
+    def query_vectors(self, version: str) -> QueryVectors:
         """Vectors of query images under `version`: stored ones, else uploads re-encoded."""
 
         def lookup(ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -241,6 +242,19 @@ class Studio:
             return out
 
         return lookup
+
+    def image_signature(self) -> str:
+        """The gallery part of the state signature (a map does not change with the log)."""
+        return self.store.state_signature().split("|log=")[0]
+
+    def layout(
+        self, version: str | None = None, method: str = "umap", stage: Stage | None = None
+    ) -> Layout:
+        """A 2-D map of a version's gallery vectors, cached on disk per gallery state."""
+        name = version or self.active_version().version
+        ids, vectors = self.index.get_embeddings(name)
+        cache = ProjectionCache(self.settings.projections_dir)
+        return cache.layout(name, self.image_signature(), ids, vectors, method, stage)
 
     # --- the feedback loop ----------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from core.images import IMAGE_EXTENSIONS, ImageError, load_image
 from core.studio import LoggedSearch
 from ui.feedback import feedback_grid
 from ui.resources import get_studio
-from ui.state import current_user, remember, require_app_frame
+from ui.state import PICK_KEYS, current_user, remember, require_app_frame
 
 require_app_frame()
 studio = get_studio()
@@ -21,7 +21,10 @@ if studio.store.count_images() == 0:
 # The sidebar belongs to app.py (user, model, gallery); page controls stay in the main area.
 source_column, k_column = st.columns([3, 2])
 source = source_column.segmented_control(
-    "Query", ["Upload an image", "Pick from the gallery"], default="Upload an image"
+    "Query",
+    ["Upload an image", "Pick from the gallery"],
+    default="Upload an image" if PICK_KEYS["source"] not in st.session_state else None,
+    key=PICK_KEYS["source"],
 )
 k = k_column.slider("Results to show", min_value=5, max_value=50, value=10, step=5)
 version = studio.active_version().version
@@ -31,10 +34,13 @@ search: LoggedSearch | None = None
 query_column, results_column = st.columns([1, 4])
 if source == "Pick from the gallery":
     labels = sorted(label for label in studio.store.label_counts() if label)
-    label = query_column.selectbox("Label", ["(all)", *labels])
+    label = query_column.selectbox("Label", ["(all)", *labels], key=PICK_KEYS["label"])
     records = studio.store.list_images(label=None if label == "(all)" else label)
     record = query_column.selectbox(
-        "Image", records, format_func=lambda r: f"{r.label or 'unlabelled'} / {r.original_name}"
+        "Image",
+        records,
+        format_func=lambda r: f"{r.label or 'unlabelled'} / {r.original_name}",
+        key=PICK_KEYS["image"],
     )
     if record is not None:
         query_column.image(str(studio.image_path(record)), caption="Query", width="stretch")

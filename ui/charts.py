@@ -86,3 +86,63 @@ def rate_chart(table: pd.DataFrame, by: str, title: str, kind: str = "bar") -> g
     if by != "position":
         figure.update_xaxes(type="category")  # days and versions are labels, not a scale
     return figure
+
+
+FEEDBACK_STYLES = (
+    (True, "#16a34a", "labelled similar"),
+    (False, "#dc2626", "labelled not similar"),
+)
+
+
+def embedding_map(
+    points: pd.DataFrame,
+    color: str,
+    title: str,
+    query: tuple[float, float] | None = None,
+    query_links: pd.DataFrame | None = None,
+    feedback: pd.DataFrame | None = None,
+) -> go.Figure:
+    """Scatter of a 2-D layout. `points`: image_id, x, y, label, category, name.
+
+    `query` is drawn as a star with lines to `query_links` (x, y of its results); `feedback`
+    holds segments (x0, y0, x1, y1, similar) between a query image and a judged result.
+    """
+    figure = px.scatter(
+        points, x="x", y="y", color=color, custom_data=["image_id"],
+        hover_data={"label": True, "name": True, "x": False, "y": False, color: False},
+        title=title, render_mode="webgl",
+    )  # fmt: skip
+    figure.update_traces(marker={"size": 6, "opacity": 0.8})
+    if feedback is not None and not feedback.empty:
+        for similar, colour, name in FEEDBACK_STYLES:
+            part = feedback[feedback.similar == similar]
+            figure.add_trace(_segments(part, colour, name, dash="solid" if similar else "dot"))
+    if query is not None:
+        if query_links is not None and not query_links.empty:
+            links = query_links.assign(x0=query[0], y0=query[1], x1=query_links.x, y1=query_links.y)
+            figure.add_trace(_segments(links, "#111827", "last query → results", dash="solid"))
+        figure.add_trace(
+            go.Scatter(
+                x=[query[0]], y=[query[1]], mode="markers", name="last query",
+                marker={"symbol": "star", "size": 18, "color": "#f59e0b",
+                        "line": {"width": 1, "color": "#111827"}},
+            )
+        )  # fmt: skip
+    figure.update_layout(
+        xaxis={"visible": False}, yaxis={"visible": False}, legend={"itemsizing": "constant"},
+        height=620, margin={"l": 10, "r": 10, "t": 50, "b": 10}, dragmode="select",
+    )  # fmt: skip
+    return figure
+
+
+def _segments(frame: pd.DataFrame, colour: str, name: str, dash: str) -> go.Scatter:
+    """Many line segments as one trace (None breaks the line between segments)."""
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    for row in frame.itertuples():
+        xs += [row.x0, row.x1, None]
+        ys += [row.y0, row.y1, None]
+    return go.Scatter(
+        x=xs, y=ys, mode="lines", name=name, hoverinfo="skip",
+        line={"color": colour, "width": 1, "dash": dash}, opacity=0.6,
+    )  # fmt: skip

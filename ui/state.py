@@ -14,6 +14,11 @@ T = TypeVar("T")
 
 CURRENT_USER_KEY = "current_user"  # (user id, location) chosen in the sidebar this run
 DEFAULT_USER = "guest"
+PICK_KEYS = {  # the Search page's gallery-pick widgets, which other pages may preset
+    "source": "query_source",
+    "label": "pick_label",
+    "image": "pick_image",
+}
 APP_FRAME_KEY = "app_frame"  # set by app.py on every run, before the page runs
 _MEMO_KEY = "memo"  # {key: value} of this session's computed results
 _MEMO_SIZE = 32  # the last results are kept; older ones are recomputed if asked again

@@ -232,6 +232,25 @@ class FeedbackLog:
         with self._db.connect() as conn:
             return self._get_query(conn, query_id)
 
+    def last_query(self, user_id: int | None = None) -> LoggedQuery | None:
+        """The most recent search (of one user, or anyone's)."""
+        where, params = ("WHERE user_id = ?", [user_id]) if user_id is not None else ("", [])
+        with self._db.connect() as conn:
+            row = conn.execute(
+                f"SELECT * FROM queries {where} ORDER BY id DESC LIMIT 1", params
+            ).fetchone()
+        return None if row is None else LoggedQuery(**dict(row))
+
+    def shown(self, query_id: int) -> list[str]:
+        """The images a query displayed, by position."""
+        with self._db.connect() as conn:
+            rows = conn.execute(
+                "SELECT displayed_image_id FROM interactions WHERE query_id = ?"
+                " AND interaction_type = 'impression' ORDER BY position",
+                (query_id,),
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def query_chain(self, query_id: int) -> list[LoggedQuery]:
         """The query and the ones it refined, root first."""
         chain: list[LoggedQuery] = []

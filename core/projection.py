@@ -1,0 +1,194 @@
+"""2-D maps of the embedding space: UMAP and PCA, arrays in, arrays out, seeded.
+
+- `project` reduces (n, d) unit vectors to (n, 2): PCA directly, or UMAP (umap-learn) on a
+  50-d PCA of the vectors (the usual practice: it denoises and makes the neighbour search of a
+  10,000-point map fit in a minute on two cores).
+- `place` puts new points (a query) on an existing map at the similarity-weighted mean of their
+  nearest gallery neighbours' positions — how UMAP's own `transform` initialises new points;
+  its optimisation step costs about a minute of JIT compilation here, so we stop there.
+- `align` rotates/scales/translates one layout onto another (orthogonal Procrustes), so two
+  model versions' maps can be compared point for point.
+- `cohesion` measures, per label, mean within-label cosine against mean between-label cosine.
+- `ProjectionCache` keeps layouts on disk per (model version, gallery state): a revisit is
+  instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+METHODS = ("umap", "pca")
+MAX_POINTS = 20_000  # larger galleries are sampled for the map
+PCA_DIMS = 50  # UMAP runs on this many principal components
+
+Stage = Callable[[str], None]  # progress: a short description of the step starting now
+
+
+class ProjectionError(ValueError):
+    """A map cannot be made as asked (unknown method, too few points); one sentence."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A 2-D map of some images."""
+
+    ids: list[str]  # (n,) image ids, in the rows' order
+    coords: np.ndarray  # (n, 2) float32
+    method: str
+    total: int  # images in the gallery; more than n when the map was sampled
+
+    @property
+    def sampled(self) -> bool:
+        return self.total > len(self.ids)
+
+
+def pca(x: np.ndarray, dims: int = 2) -> np.ndarray:
+    """(n, d) -> (n, dims) principal components via SVD, signs fixed for determinism."""
+    centred = x.astype(np.float64) - x.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)  # u: (n, r)
+    dims = min(dims, u.shape[1])
+    scores = u[:, :dims] * s[:dims]
+    signs = np.sign(scores[np.abs(scores).argmax(axis=0), np.arange(dims)])
+    return (scores * np.where(signs == 0, 1, signs)).astype(np.float32)
+
+
+def umap_2d(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
+    """(n, d) -> (n, 2) UMAP layout on a PCA of the vectors, seeded.
+
+    Euclidean distance between unit vectors orders pairs exactly as cosine does, and the top
+    principal components keep most of it.
+    """
+    import umap  # imported here: umap-learn costs ~2 s to import and only this function needs it
+
+    reduced = pca(x, PCA_DIMS) if x.shape[1] > PCA_DIMS else x
+    model = umap.UMAP(
+        n_components=2, n_neighbors=min(n_neighbors, len(x) - 1), min_dist=0.1,
+        metric="euclidean", random_state=seed, init="spectral" if len(x) > 3 else "random",
+        # umap-learn gives up to 10,000 points 500 epochs and larger sets 200; 200 already
+        # converges at this size and keeps a 10,000-point map near 40 s on two cores.
+        n_epochs=200 if len(x) > 2_000 else None,
+    )  # fmt: skip
+    return np.asarray(model.fit_transform(reduced), dtype=np.float32)
+
+
+def project(
+    ids: Sequence[str],
+    x: np.ndarray,
+    method: str = "umap",
+    seed: int = 0,
+    max_points: int = MAX_POINTS,
+    stage: Stage | None = None,
+) -> Layout:
+    """Map (n, d) vectors of `ids` to 2-D; more than `max_points` are sampled (seeded)."""
+    if method not in METHODS:
+        raise ProjectionError(f"Unknown projection {method!r}; use one of {', '.join(METHODS)}.")
+    if len(ids) != len(x):
+        raise ProjectionError(f"{len(ids)} ids for {len(x)} vectors.")
+    if len(ids) < 3:
+        raise ProjectionError("A map needs at least 3 images.")
+    rows = np.arange(len(ids))
+    if len(ids) > max_points:
+        rows = np.sort(np.random.default_rng(seed).choice(len(ids), max_points, replace=False))
+        if stage:
+            stage(f"sampling {max_points:,} of {len(ids):,} images")
+    if stage:
+        stage(f"{method.upper()} of {len(rows):,} points")
+    coords = pca(x[rows]) if method == "pca" else umap_2d(x[rows], seed)
+    return Layout([ids[int(i)] for i in rows], coords, method, len(ids))
+
+
+def place(queries: np.ndarray, gallery: np.ndarray, coords: np.ndarray, k: int = 10) -> np.ndarray:
+    """(q, d) new vectors on a map of (n, d) `gallery` at (n, 2) `coords` -> (q, 2).
+
+    Each lands at the mean of its k most similar gallery points' positions, weighted by
+    their (clipped, non-negative) cosine similarity.
+    """
+    sims = queries @ gallery.T  # (q, n)
+    k = min(k, gallery.shape[0])
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # (q, k)
+    weights = np.clip(np.take_along_axis(sims, top, axis=1), 1e-6, None)  # (q, k)
+    return (np.einsum("qk,qkc->qc", weights, coords[top]) / weights.sum(1, keepdims=True)).astype(
+        np.float32
+    )
+
+
+def align(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Orthogonal Procrustes: rotate (or reflect), scale and shift (n, 2) `source` onto
+    (n, 2) `target` (rows correspond) with least squared error; returns the moved source."""
+    mu_s, mu_t = source.mean(axis=0), target.mean(axis=0)
+    a, b = source - mu_s, target - mu_t
+    u, s, vt = np.linalg.svd(a.T @ b)
+    rotation = u @ vt  # (2, 2)
+    scale = s.sum() / max(float((a**2).sum()), 1e-12)
+    return (scale * a @ rotation + mu_t).astype(np.float32)
+
+
+def cohesion(x: np.ndarray, labels: Sequence[str | None]) -> pd.DataFrame:
+    """Per label: mean cosine within the label, mean cosine to other labelled images, and
+    the gap between them (higher = a tighter, better separated category). Unlabelled
+    images are left out; labels with one image have no within-label pair (NaN)."""
+    keep = np.array([bool(label) for label in labels])
+    x, names = x[keep].astype(np.float64), np.array([lab for lab in labels if lab], dtype=object)
+    sims = x @ x.T  # (n, n)
+    rows = []
+    for label in sorted(set(names)):
+        inside = names == label
+        n = int(inside.sum())
+        block = sims[np.ix_(inside, inside)]
+        within = (block.sum() - np.trace(block)) / (n * (n - 1)) if n > 1 else np.nan
+        between = sims[np.ix_(inside, ~inside)].mean() if (~inside).any() else np.nan
+        rows.append({"label": label, "images": n, "within": within, "between": between})
+    table = pd.DataFrame(rows, columns=["label", "images", "within", "between"])
+    return table.assign(gap=table.within - table.between)
+
+
+class ProjectionCache:
+    """Layouts on disk under `folder`, keyed by version, method and a gallery signature."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def _path(self, version: str, method: str, signature: str) -> Path:
+        digest = hashlib.sha256(f"{version}|{method}|{signature}".encode()).hexdigest()[:20]
+        return self.folder / f"{version}-{method}-{digest}.npz"
+
+    def get(self, version: str, method: str, signature: str) -> Layout | None:
+        path = self._path(version, method, signature)
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            return Layout(list(data["ids"]), data["coords"], meta["method"], meta["total"])
+
+    def put(self, version: str, signature: str, layout: Layout) -> None:
+        """Write atomically (a temporary file renamed), so readers never see half a file."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        meta = json.dumps({"method": layout.method, "total": layout.total})
+        with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".npz", delete=False) as tmp:
+            np.savez(tmp, ids=np.array(layout.ids), coords=layout.coords, meta=np.array(meta))
+        Path(tmp.name).replace(self._path(version, layout.method, signature))
+
+    def layout(
+        self,
+        version: str,
+        signature: str,
+        ids: Sequence[str],
+        x: np.ndarray,
+        method: str = "umap",
+        stage: Stage | None = None,
+    ) -> Layout:
+        """The cached layout, or a new one computed with `project` and stored."""
+        cached = self.get(version, method, signature)
+        if cached is not None:
+            return cached
+        layout = project(ids, x, method, stage=stage)
+        self.put(version, signature, layout)
+        return layout
