@@ -23,7 +23,13 @@ import numpy as np
 import pandas as pd
 
 from core.index import VectorIndex
-from core.metrics import METRIC_NAMES, per_query_metrics, rank_by_scores, ranking_metrics
+from core.metrics import (
+    METRIC_NAMES,
+    RankingMetrics,
+    per_query_metrics,
+    rank_by_scores,
+    ranking_metrics,
+)
 from core.store import SPLITS, EvaluationRun, ImageRecord, Store, StoreError
 
 EVAL_SPLITS = ("all", *SPLITS)
@@ -75,6 +81,10 @@ class Ranking:
     gains: np.ndarray  # (Q, depth) relevance gain of each ranked item
     n_relevant: np.ndarray  # (Q,) relevant items in the split
     ideal_gains: np.ndarray  # (Q, M) gains of all relevant items, zero-padded
+
+    def summary(self, k: int) -> RankingMetrics:
+        """The mean metrics at cutoff k over the queries that count."""
+        return ranking_metrics(self.gains[:, :k], self.n_relevant, k, ideal_gains=self.ideal_gains)
 
     def metrics(self, k: int) -> dict[str, np.ndarray]:
         """Per-query arrays at cutoff k (see `core.metrics.per_query_metrics`)."""
@@ -277,9 +287,7 @@ def evaluate_version(
         raise EvaluationError("k must be at least 1.")
     started = time.perf_counter()
     ranking = build_ranking(store, index, version, split, relevance, k, query_vectors)
-    summary = ranking_metrics(
-        ranking.gains[:, :k], ranking.n_relevant, k, ideal_gains=ranking.ideal_gains
-    )
+    summary = ranking.summary(k)
     return Evaluation(
         model=version,
         split=split,
@@ -287,11 +295,7 @@ def evaluate_version(
         relevance=relevance,
         n_queries=summary.n_queries,
         n_excluded=summary.n_excluded,
-        mrr=summary.mrr,
-        map=summary.map,
-        precision_at_k=summary.precision_at_k,
-        recall_at_k=summary.recall_at_k,
-        ndcg_at_k=summary.ndcg_at_k,
+        **{name: getattr(summary, name) for name in METRIC_NAMES},
         intervals=_intervals(ranking, k),
         per_label=per_label_table(ranking, k),
         seconds=round(time.perf_counter() - started, 3),
@@ -302,9 +306,7 @@ def metric_curves(ranking: Ranking, ks: Sequence[int]) -> pd.DataFrame:
     """Long table (k, metric, value) of the mean metrics at each cutoff in `ks`."""
     rows = []
     for k in ks:
-        summary = ranking_metrics(
-            ranking.gains[:, :k], ranking.n_relevant, k, ideal_gains=ranking.ideal_gains
-        )
+        summary = ranking.summary(k)
         rows += [{"k": k, "metric": name, "value": getattr(summary, name)} for name in METRIC_NAMES]
     return pd.DataFrame(rows)
 

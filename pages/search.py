@@ -8,6 +8,8 @@ from ui.feedback import feedback_grid
 from ui.resources import get_studio
 from ui.state import PICK_KEYS, current_user, remember, require_app_frame
 
+EXPORTS = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
+
 require_app_frame()
 studio = get_studio()
 user, location = current_user(studio)
@@ -110,20 +112,12 @@ with st.expander("Interaction log"):
     st.caption(f"{sum(counts.values()):,} rows logged for {user.name}; exports hold everyone's.")
     if counts:
         st.dataframe({"interaction": list(counts), "rows": list(counts.values())}, width="content")
-    csv_column, parquet_column = st.columns(2)
-    csv_column.download_button(
-        "Export CSV",
-        data=lambda: studio.store.feedback.log_bytes("csv"),
-        file_name="interactions.csv",
-        mime="text/csv",
-        icon=":material/download:",
-        on_click="ignore",
-    )
-    parquet_column.download_button(
-        "Export Parquet",
-        data=lambda: studio.store.feedback.log_bytes("parquet"),
-        file_name="interactions.parquet",
-        mime="application/vnd.apache.parquet",
-        icon=":material/download:",
-        on_click="ignore",
-    )
+    for column, (fmt, mime) in zip(st.columns(2), EXPORTS.items(), strict=True):
+        column.download_button(
+            f"Export {fmt.capitalize() if fmt == 'parquet' else fmt.upper()}",
+            data=lambda fmt=fmt: studio.store.feedback.log_bytes(fmt),
+            file_name=f"interactions.{fmt}",
+            mime=mime,
+            icon=":material/download:",
+            on_click="ignore",
+        )

@@ -13,19 +13,9 @@ import pytest
 from core import online
 from core.metrics import wilson_interval
 from core.online import Rate
+from core.store import LOG_COLUMNS
 
-COLUMNS = [
-    "user_id",
-    "query_image_id",
-    "displayed_image_id",
-    "position",
-    "interaction_type",
-    "location",
-    "timestamp",
-    "model_version",
-    "value",
-    "query_id",
-]
+COLUMNS = [*LOG_COLUMNS, "query_id"]  # what FeedbackLog.interactions(with_query_id=True) has
 NOON = "2026-11-25T12:00:00.000+00:00"
 
 
