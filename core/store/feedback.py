@@ -123,56 +123,24 @@ class FeedbackLog:
             raise StoreError("A result list shows each image at most once.")
         now = utc_now()
         with self._db.connect() as conn:
-            _require_user(conn, user_id)
-            _require(conn, "model_versions", "version", model_version, "model version")
-            if not (
-                _exists(conn, "images", query_image_id)
-                or _exists(conn, "query_images", query_image_id)
-            ):
-                raise StoreError(
-                    f"Query image {query_image_id[:12]}… is neither in the gallery nor stored."
-                )
-            if parent_id is not None:
-                _require(conn, "queries", "id", parent_id, "query")
-            missing = [i for i in ids if not _exists(conn, "images", i)]
-            if missing:
-                raise StoreError(
-                    f"{len(missing)} displayed images are not in the catalog ({missing[0][:12]}…)."
-                )
+            _check_query(conn, user_id, query_image_id, model_version, parent_id, ids)
             cursor = conn.execute(
                 "INSERT INTO queries (user_id, query_image_id, model_version, parent_id, source,"
                 " n_results, location, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    user_id,
-                    query_image_id,
-                    model_version,
-                    parent_id,
-                    source,
-                    len(ids),
-                    location,
-                    now,
-                ),
-            )
+                (user_id, query_image_id, model_version, parent_id, source, len(ids), location,
+                 now),
+            )  # fmt: skip
             query_id = int(cursor.lastrowid or 0)
             conn.executemany(
                 "INSERT INTO interactions (user_id, query_id, query_image_id, displayed_image_id,"
                 " position, interaction_type, value, score, location, model_version, timestamp)"
                 " VALUES (?, ?, ?, ?, ?, 'impression', NULL, ?, ?, ?, ?)",
                 [
-                    (
-                        user_id,
-                        query_id,
-                        query_image_id,
-                        image_id,
-                        position,
-                        float(score),
-                        location,
-                        model_version,
-                        now,
-                    )
+                    (user_id, query_id, query_image_id, image_id, position, float(score),
+                     location, model_version, now)
                     for position, (image_id, score) in enumerate(results, start=1)
                 ],
-            )
+            )  # fmt: skip
         return query_id
 
     def log_interaction(
@@ -347,6 +315,32 @@ def _encode(frame: pd.DataFrame, fmt: str) -> bytes:
     else:
         frame.to_parquet(buffer, index=False)
     return buffer.getvalue()
+
+
+def _check_query(
+    conn: sqlite3.Connection,
+    user_id: int,
+    query_image_id: str,
+    model_version: str,
+    parent_id: int | None,
+    shown: Sequence[str],
+) -> None:
+    """Everything a query row refers to must exist: user, version, images, parent."""
+    _require_user(conn, user_id)
+    _require(conn, "model_versions", "version", model_version, "model version")
+    if not (
+        _exists(conn, "images", query_image_id) or _exists(conn, "query_images", query_image_id)
+    ):
+        raise StoreError(
+            f"Query image {query_image_id[:12]}… is neither in the gallery nor stored."
+        )
+    if parent_id is not None:
+        _require(conn, "queries", "id", parent_id, "query")
+    missing = [i for i in shown if not _exists(conn, "images", i)]
+    if missing:
+        raise StoreError(
+            f"{len(missing)} displayed images are not in the catalog ({missing[0][:12]}…)."
+        )
 
 
 def _exists(conn: sqlite3.Connection, table: str, image_id: str) -> bool:
