@@ -116,7 +116,9 @@ def simulate(
         scores[q] = -np.inf  # the query is not its own result
         top = np.argsort(-scores, kind="stable")[: min(k, len(ids) - 1)]
         results = [
-            SearchResult(rank, ids[j], labels[j], float(scores[j]), str(records[ids[j]].file))
+            SearchResult(
+                rank, ids[j], labels[j], float(scores[j]), str(studio.image_path(records[ids[j]]))
+            )
             for rank, j in enumerate(top, start=1)
         ]
         query_id = studio.store.feedback.log_query(
