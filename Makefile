@@ -11,7 +11,8 @@ PORT ?= 8501
 export DEBIAN_FRONTEND := noninteractive
 export LOOKALIKE_DATA ?= $(CURDIR)/data
 
-.PHONY: run test install browser demo lint typecheck unit bench clean
+LOOP_DATA ?= $(CURDIR)/data-loop
+.PHONY: run test install browser demo lint typecheck unit bench loop clean
 
 ## run: set up everything, fetch and index the demo gallery, start the app on $(PORT)
 run: demo
@@ -51,6 +52,14 @@ unit: install
 ## bench: ingest speed, search latency and index recall on the demo gallery
 bench: demo
 	$(PY) -m core bench
+
+## loop: the closed loop on a fresh data dir: baseline on test, simulate, fine-tune, compare
+loop: install
+	rm -rf $(LOOP_DATA)
+	$(PY) -m core demo-data --data-dir $(LOOP_DATA)
+	$(PY) -m core evaluate --split test --data-dir $(LOOP_DATA)
+	$(PY) -m core simulate --queries 300 --seed 0 --data-dir $(LOOP_DATA)
+	$(PY) -m core train --from-feedback --data-dir $(LOOP_DATA)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -13,13 +13,14 @@ navigation = st.navigation(
         st.Page("pages/search.py", title="Search", icon=":material/image_search:", default=True),
         st.Page("pages/gallery.py", title="Gallery", icon=":material/photo_library:"),
         st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
+        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
         st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:"),
     ]
 )
 st.logo("assets/logo.svg")
+mark_app_frame()
 studio = get_studio()
 studio.encoder()  # load the cached encoder now, not on the first upload
 user_picker(studio)
 sidebar(studio)
-mark_app_frame()
 navigation.run()

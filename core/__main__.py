@@ -156,6 +156,45 @@ def cmd_export(studio: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+class _EpochPrinter:
+    """Training progress on stderr: one line per epoch."""
+
+    def on_step(self, epoch: int, step: int, steps: int, loss: float) -> None:
+        return None
+
+    def on_epoch(self, epoch: int, train_loss: float, val_loss: float | None) -> None:
+        val = "" if val_loss is None else f" val {val_loss:.4f}"
+        print(f"train: epoch {epoch} loss {train_loss:.4f}{val}", file=sys.stderr, flush=True)
+
+
+def cmd_train(studio: Any, args: argparse.Namespace) -> int:
+    from core.training import TrainSettings
+
+    settings = TrainSettings(mode=args.mode, epochs=args.epochs)
+    report = studio.train_from_feedback(
+        settings, activate=args.activate, callbacks=[_EpochPrinter()]
+    )
+    payload = report.as_dict()
+    del payload["summary"]  # on the version's card (`models`); too long for a terminal
+    lines = [f"{report.version} (parent {report.parent}): {report.pairs} pairs, {report.seconds} s"]
+    for name, after in report.metrics_after.items():
+        before = report.metrics_before[name]
+        lines.append(
+            f"{name:>15}: {before:.4f} -> {after:.4f}  ({after / max(before, 1e-12):.3f}x)"
+        )
+    _emit(payload, args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_train_job(studio: Any, args: argparse.Namespace) -> int:
+    from core.jobs import run_training_job
+
+    run = run_training_job(studio, args.run_id)
+    _emit({"run": run.id, "status": run.status, "version": run.version, "message": run.message},
+          args.json, f"run {run.id}: {run.status} {run.message or ''}")  # fmt: skip
+    return 0 if run.status in ("done", "cancelled") else 1
+
+
 def cmd_project(studio: Any, args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -242,6 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
     export = add("export-interactions", cmd_export, "Write the interaction log as CSV or Parquet.")
     export.add_argument("out")
     export.add_argument("--format", choices=("csv", "parquet"), help="default: from the extension")
+    train = add("train", cmd_train, "Fine-tune on the logged feedback into a new model version.")
+    train.add_argument(
+        "--from-feedback",
+        action="store_true",
+        required=True,
+        help="pairs from the interaction log (train split only)",
+    )
+    train.add_argument(
+        "--mode",
+        choices=("head",),
+        default="head",
+        help="head: an adapter on the frozen encoder's features",
+    )
+    train.add_argument("--epochs", type=int, default=40, help="upper bound (early stopping)")
+    train.add_argument("--activate", action="store_true", help="make the new version active")
+    job = add("train-job", cmd_train_job, "Run a queued training run (the Train page starts it).")
+    job.add_argument("run_id", type=int)
     project = add("project", cmd_project, "Write a 2-D map of a version's gallery as CSV.")
     project.add_argument("out", help="CSV with image_id, label, x, y")
     project.add_argument("--model", help="version (default: the active one)")
@@ -273,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.simulate import SimulationError
     from core.store import StoreError
     from core.studio import EmptyGalleryError, Studio
+    from core.training import TrainingError
 
     errors = (
         ConfigError,
@@ -284,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         StoreError,
         SimulationError,
         ProjectionError,
+        TrainingError,
         EmptyGalleryError,
     )
     try:

@@ -18,6 +18,7 @@ names the choices; `list_encoders()` / `get_encoder_spec()` are its accessors.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import socket
@@ -271,7 +272,15 @@ class Encoder:
         self.spec = spec
         self.model: Any = model.eval()  # an open_clip CLIP; typed loosely (no stubs)
         self.preprocess = preprocess
+        self.heads: tuple[torch.nn.Module, ...] = ()  # fine-tuned adapters, applied in order
         self.dim = int(spec.config["embed_dim"]) if spec.config else self._probe_dim()
+
+    def with_heads(self, heads: Sequence[torch.nn.Module]) -> Encoder:
+        """The same model and preprocessing with adapters on its normalised features (a
+        fine-tuned version in `head` mode); this encoder is left unchanged."""
+        adapted = copy.copy(self)
+        adapted.heads = tuple(head.eval() for head in heads)
+        return adapted
 
     @property
     def name(self) -> str:
@@ -286,6 +295,10 @@ class Encoder:
     def features(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) preprocessed pixels -> (B, d) raw image features (gradients allowed)."""
         features: torch.Tensor = self.model.encode_image(batch)
+        if self.heads:  # heads were trained on the unit vectors the base version indexes
+            features = torch.nn.functional.normalize(features.float(), dim=-1)
+            for head in self.heads:
+                features = head(features)
         return features
 
     def encode(

@@ -20,6 +20,7 @@ from core.config import Settings
 from core.demo import DEMO_EXTENSIONS, fetch_demo_stamps
 from core.encoder import Encoder, load_encoder
 from core.evaluation import Evaluation, QueryVectors, evaluate_version, evaluation_from_run
+from core.finetune import FineTuneReport, fine_tune, load_heads
 from core.images import IMAGE_EXTENSIONS, LoadedImage, load_image
 from core.index import Hit, VectorIndex
 from core.ingest import (
@@ -31,9 +32,11 @@ from core.ingest import (
     iter_candidates,
     sync_index,
 )
+from core.pairs import PairSettings
 from core.projection import Layout, ProjectionCache, Stage
 from core.refine import RocchioWeights, feedback_examples, rocchio
 from core.store import ImageRecord, LoggedQuery, ModelVersion, Store
+from core.training import Callback, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +96,13 @@ class Studio:
     def encoder(self, version: ModelVersion | None = None) -> Encoder:
         """The encoder that produced `version`'s vectors (default: the active version)."""
         version = version or self.active_version()
-        if version.encoder not in self._encoders:
-            self._encoders[version.encoder] = self._load_encoder(version.encoder)
-        return self._encoders[version.encoder]
+        if version.version not in self._encoders:
+            base = self._load_encoder(version.encoder)
+            heads = version.card.get("heads", [])
+            self._encoders[version.version] = (
+                base.with_heads(load_heads(self.settings.models_dir, heads)) if heads else base
+            )
+        return self._encoders[version.version]
 
     def image_path(self, record: ImageRecord) -> Path:
         return self.settings.images_dir / record.file
@@ -337,3 +344,18 @@ class Studio:
             parent_id=query_id,
             location=chain[-1].location,
         )
+
+    # --- fine-tuning ------------------------------------------------------------------------
+
+    def train_from_feedback(
+        self,
+        settings: TrainSettings | None = None,
+        pair_settings: PairSettings | None = None,
+        *,
+        activate: bool = False,
+        callbacks: Sequence[Callback] = (),
+    ) -> FineTuneReport:
+        """Fine-tune the active version on the logged feedback (train split only) into a new
+        version, re-indexed and evaluated on `test`; see `core.finetune`."""
+        return fine_tune(self, settings or TrainSettings(), pair_settings or PairSettings(),
+                         activate=activate, callbacks=callbacks)  # fmt: skip

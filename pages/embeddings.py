@@ -13,7 +13,7 @@ from ui.state import PICK_KEYS, current_user, require_app_frame
 COHESION_SAMPLE = 5_000  # images per version the cohesion table looks at (it is n² work)
 MAX_FEEDBACK_LINES = 150  # judged pairs drawn at most; more would hide the map
 
-require_app_frame()
+require_app_frame(__file__)
 studio = get_studio()
 user, _ = current_user(studio)
 st.title("Embedding map")

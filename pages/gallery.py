@@ -16,7 +16,7 @@ from ui.widgets import progress_bar
 PAGE_SIZE = 40
 COLUMNS = 8
 
-require_app_frame()
+require_app_frame(__file__)
 studio = get_studio()
 st.title("Gallery")
 

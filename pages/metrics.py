@@ -22,7 +22,7 @@ from ui.text import METRIC_NOTES
 
 CURVE_KS = range(1, 51)
 
-require_app_frame()
+require_app_frame(__file__)
 studio = get_studio()
 st.title("Metrics")
 if studio.store.count_images() == 0:

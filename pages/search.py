@@ -10,7 +10,7 @@ from ui.state import PICK_KEYS, current_user, remember, require_app_frame
 
 EXPORTS = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 
-require_app_frame()
+require_app_frame(__file__)
 studio = get_studio()
 user, location = current_user(studio)
 st.title("Search by image")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import TypeVar
 
 import streamlit as st
@@ -20,6 +21,7 @@ PICK_KEYS = {  # the Search page's gallery-pick widgets, which other pages may p
     "image": "pick_image",
 }
 APP_FRAME_KEY = "app_frame"  # set by app.py on every run, before the page runs
+DEEP_LINK_KEY = "deep_link"  # the page a session asked for before app.py had run
 _MEMO_KEY = "memo"  # {key: value} of this session's computed results
 _MEMO_SIZE = 32  # the last results are kept; older ones are recomputed if asked again
 
@@ -43,16 +45,20 @@ def current_user(studio: Studio) -> tuple[User, str | None]:
 
 
 def mark_app_frame() -> None:
-    """app.py: the sidebar and navigation are drawn; the page may run."""
+    """app.py, after `st.navigation`: the frame is drawn; a pending deep link is honoured."""
     st.session_state[APP_FRAME_KEY] = True
+    page = st.session_state.pop(DEEP_LINK_KEY, None)
+    if page is not None:
+        st.switch_page(page)
 
 
-def require_app_frame() -> None:
-    """Pages: run inside app.py, never alone.
+def require_app_frame(page_file: str) -> None:
+    """Pages (pass `__file__`): run inside app.py, never alone.
 
-    A fresh server whose first request is a deep link (/gallery) runs the page file directly,
-    in Streamlit's legacy `pages/` mode, without app.py's navigation and sidebar; hand that
-    session to app.py, which registers the navigation for good.
+    A fresh server whose first request is a deep link (/train) runs the page file directly,
+    in Streamlit's legacy `pages/` mode, without app.py's navigation and sidebar. Hand that
+    session to app.py, which registers the navigation and then opens the page asked for.
     """
     if not st.session_state.get(APP_FRAME_KEY):
+        st.session_state[DEEP_LINK_KEY] = f"pages/{Path(page_file).name}"
         st.switch_page("app.py")

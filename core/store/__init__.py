@@ -26,7 +26,7 @@ from core.store.feedback import (
     LoggedQuery,
     ResultLabel,
 )
-from core.store.runs import EvaluationRun, RunLog
+from core.store.runs import EvaluationRun, RunLog, TrainingLog, TrainingRun
 from core.store.schema import MIGRATIONS
 
 __all__ = [
@@ -48,6 +48,8 @@ __all__ = [
     "RunLog",
     "Store",
     "StoreError",
+    "TrainingLog",
+    "TrainingRun",
     "User",
     "split_for",
     "utc_now",

@@ -11,7 +11,7 @@ from typing import Any
 
 from core.store.database import Database, StoreError, utc_now
 from core.store.feedback import FeedbackLog
-from core.store.runs import RunLog
+from core.store.runs import RunLog, TrainingLog
 
 SPLITS = ("train", "test")
 BASE_VERSION = "base"
@@ -75,6 +75,7 @@ class Store(Database):
         super().__init__(path)
         self.feedback = FeedbackLog(self)
         self.runs = RunLog(self)
+        self.training = TrainingLog(self)
 
     # --- images -------------------------------------------------------------------------
 

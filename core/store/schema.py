@@ -94,4 +94,23 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX evaluation_runs_lookup ON evaluation_runs(model_version, split, k, relevance)
     """,
+    # 3 -> 4: background training runs (issue: contrastive fine-tuning on feedback).
+    """
+    CREATE TABLE training_runs (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        status     TEXT NOT NULL
+            CHECK (status IN ('queued', 'running', 'cancelling', 'cancelled', 'done', 'failed')),
+        parent     TEXT NOT NULL REFERENCES model_versions(version),
+        version    TEXT,                          -- the version it created, once done
+        settings   TEXT NOT NULL,                 -- JSON: TrainSettings
+        progress   TEXT NOT NULL DEFAULT '{}',    -- JSON: epoch, epochs, step, steps, loss, eta_s
+        losses     TEXT NOT NULL DEFAULT '[]',    -- JSON: per epoch train and val loss
+        message    TEXT,                          -- why it failed, or its summary
+        pid        INTEGER,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX one_live_training ON training_runs((1))
+        WHERE status IN ('queued', 'running', 'cancelling')
+    """,
 )

@@ -77,12 +77,15 @@ def test_a_deep_link_as_the_first_request_still_gets_the_app_frame(
     served: str, browser: Any
 ) -> None:
     """Streamlit runs pages/gallery.py alone (legacy pages/ mode) for a fresh server's first
-    request to /gallery; the page hands the session to app.py, which draws the sidebar."""
+    request to /gallery; the page hands the session to app.py, which draws the sidebar and
+    then opens the gallery."""
     page = browser.new_page()
     try:
         page.goto(f"{served}/gallery", wait_until="domcontentloaded")
         page.get_by_text("Gallery 20 images").wait_for(timeout=60_000)
         navigation = page.locator('[data-testid="stSidebarNav"]').inner_text()
         assert "Metrics" in navigation and "app" not in navigation.split()
+        page.get_by_text("Filter by label").wait_for(timeout=60_000)  # the page asked for
+        assert page.url.endswith("/gallery")
     finally:
         page.close()

@@ -1,0 +1,141 @@
+"""The feedback loop's last step: logged feedback -> a fine-tuned version, indexed, evaluated.
+
+`head` mode trains a `ResidualHead` on the parent version's stored vectors (the frozen
+encoder's unit features), so no image is decoded: pairs come from the log restricted to the
+`train` split (`core.pairs`), the head is fitted (`core.training.fit`), the gallery's new
+vectors are the head applied to the parent's, and the version is evaluated on `test`, before
+and after. Nothing is registered until its weights and its index collection are complete; a
+failure removes what was written.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from core.pairs import PairSettings, TrainingPairs, build_pairs
+from core.training import Callback, PairTensors, ResidualHead, TrainingError, TrainSettings, fit
+
+if TYPE_CHECKING:
+    from core.studio import Studio
+
+HEAD_FILE = "head.safetensors"
+
+
+@dataclass(frozen=True)
+class FineTuneReport:
+    """What `train` prints: the new version and whether search got better."""
+
+    version: str
+    parent: str
+    pairs: int
+    seconds: float
+    metrics_before: dict[str, float]
+    metrics_after: dict[str, float]
+    summary: dict[str, object]
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def load_heads(models_dir: Path, files: Sequence[str]) -> list[torch.nn.Module]:
+    """Adapters from safetensors files (relative to `models_dir`), loaded without pickle."""
+    heads: list[torch.nn.Module] = []
+    for name in files:
+        weights = load_file(models_dir / name)
+        head = ResidualHead(weights["linear.weight"].shape[0])
+        head.load_state_dict(weights)
+        heads.append(head.eval())
+    return heads
+
+
+def _next_version(studio: Studio) -> str:
+    taken = {v.version for v in studio.store.list_model_versions()} | set(studio.index.versions())
+    number = 1
+    while f"ft-{number:04d}" in taken:
+        number += 1
+    return f"ft-{number:04d}"
+
+
+def _tensors(pairs: TrainingPairs, row: dict[str, int]) -> PairTensors:
+    negatives = [[row[n] for n in negs] for negs in pairs.negatives]
+    return PairTensors(
+        anchors=torch.tensor([row[a] for a in pairs.anchors], dtype=torch.long),
+        positives=torch.tensor([row[p] for p in pairs.positives], dtype=torch.long),
+        negatives=torch.tensor(negatives, dtype=torch.long).reshape(len(pairs), -1),
+        weights=torch.tensor(pairs.weights, dtype=torch.float32),
+    )
+
+
+def _save_head(head: torch.nn.Module, target: Path) -> None:
+    """Write the weights atomically: a temporary file in the same folder, then a rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False) as tmp:
+        pass
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, tmp.name)
+    Path(tmp.name).replace(target)
+
+
+def feedback_pairs(studio: Studio, pair_settings: PairSettings) -> TrainingPairs:
+    """The active version's training pairs from the log, train images only (the Train page
+    shows their summary before any run)."""
+    records = studio.store.list_images()
+    indexed = studio.index.ids(studio.active_version().version)
+    train_ids = {r.id for r in records if r.split == "train" and r.id in indexed}
+    log = studio.store.feedback.interactions(with_query_id=True)
+    return build_pairs(log, {r.id: r.label for r in records}, train_ids, pair_settings)
+
+
+def fine_tune(
+    studio: Studio,
+    settings: TrainSettings,
+    pair_settings: PairSettings,
+    *,
+    activate: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> FineTuneReport:
+    """Train a head on the active version's feedback; register, index and evaluate it."""
+    parent = studio.active_version()
+    ids, vectors = studio.index.get_embeddings(parent.version)
+    row = {image_id: n for n, image_id in enumerate(ids)}
+    pairs = feedback_pairs(studio, pair_settings)
+    if len(pairs) < 2:
+        raise TrainingError("Not enough feedback on train images to fine-tune: label more.")
+    # Before anything is written: a test split that cannot be evaluated stops the run here,
+    # not after the version is registered without its metrics.
+    before = studio.evaluate(parent.version, split="test").metrics()
+    inputs = torch.from_numpy(np.ascontiguousarray(vectors))  # (n, D) frozen unit features
+    head = ResidualHead(inputs.shape[1])
+    history = fit(head, inputs, _tensors(pairs, row), settings, callbacks)
+    version = _next_version(studio)
+    folder = studio.settings.models_dir / version
+    try:
+        _save_head(head, folder / HEAD_FILE)
+        with torch.no_grad():
+            studio.index.upsert(version, ids, head(inputs).numpy().astype(np.float32))
+        card = {
+            "mode": settings.mode,
+            "heads": [*parent.card.get("heads", []), f"{version}/{HEAD_FILE}"],
+            "settings": asdict(settings), "pairs": pairs.summary, "seconds": history.seconds,
+            "epochs_run": len(history.train_loss), "best_epoch": history.best_epoch,
+            "train_loss": history.train_loss, "val_loss": history.val_loss,
+        }  # fmt: skip
+        studio.store.add_model_version(version, parent.encoder, parent.version, card)
+    except BaseException:
+        studio.index.drop(version)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    after = studio.evaluate(version, split="test").metrics()
+    studio.store.update_card(version, metrics=after, metrics_before=before)
+    if activate:
+        studio.store.activate(version)
+    return FineTuneReport(version, parent.version, len(pairs), history.seconds, before, after,
+                          pairs.summary)  # fmt: skip

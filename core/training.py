@@ -1,0 +1,200 @@
+"""Contrastive fine-tuning: a model-agnostic loop with callbacks, and the `head` mode.
+
+`fit` trains any module whose forward maps (B, D) inputs to (B, D') unit vectors on pairs
+(anchor, positive, negatives, weight) with a contrastive loss; it knows nothing about the model.
+AdamW, a cosine learning-rate schedule, gradient clipping, early stopping on a validation
+slice of the pairs, and two guardrails: a NaN loss or a collapsed embedding (variance near
+zero) stops the run with `TrainingError`. Callbacks hear about every step and epoch and may
+cancel by raising `TrainingCancelled`.
+
+`ResidualHead` is the `head` mode's adapter on frozen encoder features:
+x -> normalise(x + W x), with W initialised to zero, so training starts from the base ranking.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.losses import InfoNCELoss
+
+MODES = ("head",)
+
+
+class TrainingError(RuntimeError):
+    """Training stopped because it went wrong (NaN loss, collapse, no pairs); one sentence."""
+
+
+class TrainingCancelled(RuntimeError):
+    """A callback asked the run to stop; nothing is written."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyper-parameters of one fine-tuning run."""
+
+    mode: str = "head"  # what is trained: an adapter on frozen features
+    epochs: int = 40  # upper bound; early stopping usually ends sooner
+    batch_size: int = 64  # pairs per step
+    lr: float = 1e-3  # AdamW peak learning rate (cosine decay to 0)
+    weight_decay: float = 1e-4
+    temperature: float = 0.2  # InfoNCE; 0.2 beat 0.07 and 0.1 on the demo loop
+    grad_clip: float = 1.0  # max gradient norm
+    val_fraction: float = 0.15  # pairs held out for early stopping
+    patience: int = 5  # epochs without a better validation loss before stopping
+    collapse_std: float = 1e-4  # mean per-dimension std of outputs below this = collapse
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise TrainingError(f"Unknown mode {self.mode!r}; available: {', '.join(MODES)}.")
+        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0 or self.temperature <= 0:
+            raise TrainingError("epochs >= 1, batch_size >= 2, lr > 0 and temperature > 0.")
+        if not 0 <= self.val_fraction < 1 or self.patience < 1:
+            raise TrainingError("val_fraction must be in [0, 1) and patience >= 1.")
+        if self.grad_clip <= 0 or self.weight_decay < 0 or self.collapse_std < 0:
+            raise TrainingError("grad_clip > 0, weight_decay >= 0 and collapse_std >= 0.")
+
+
+@dataclass
+class History:
+    """What a run did, epoch by epoch."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+
+class Callback(Protocol):
+    def on_step(self, epoch: int, step: int, steps: int, loss: float) -> None: ...
+
+    def on_epoch(self, epoch: int, train_loss: float, val_loss: float | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class PairTensors:
+    """Training pairs as row numbers into a (n, D) input matrix."""
+
+    anchors: torch.Tensor  # (P,) long
+    positives: torch.Tensor  # (P,) long
+    negatives: torch.Tensor  # (P, N) long
+    weights: torch.Tensor  # (P,) float
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    def take(self, rows: torch.Tensor) -> PairTensors:
+        return PairTensors(
+            self.anchors[rows], self.positives[rows], self.negatives[rows], self.weights[rows]
+        )
+
+
+class ResidualHead(nn.Module):
+    """x -> normalise(x + W x): starts as the identity, so fine-tuning starts from the base."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, dim, bias=False)
+        nn.init.zeros_(self.linear.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, D)
+        return nn.functional.normalize(x + self.linear(x), dim=-1)
+
+
+def _loss(
+    model: nn.Module, inputs: torch.Tensor, batch: PairTensors, loss_fn: InfoNCELoss
+) -> torch.Tensor:
+    anchors = model(inputs[batch.anchors])  # (B, D)
+    positives = model(inputs[batch.positives])  # (B, D)
+    b, n = batch.negatives.shape
+    negatives = model(inputs[batch.negatives.reshape(-1)]).reshape(b, n, -1) if n else None
+    return loss_fn(anchors, positives, negatives, batch.weights)
+
+
+def _split(
+    pairs: PairTensors, fraction: float, seed: int
+) -> tuple[PairTensors, PairTensors | None]:
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
+    n_val = int(len(pairs) * fraction)
+    if n_val < 2 or len(pairs) - n_val < 2:
+        return pairs, None
+    return pairs.take(order[n_val:]), pairs.take(order[:n_val])
+
+
+def _check_health(
+    model: nn.Module, inputs: torch.Tensor, loss: float, settings: TrainSettings
+) -> None:
+    if not math.isfinite(loss):
+        raise TrainingError("The loss became NaN or infinite; lower the learning rate.")
+    with torch.no_grad():
+        sample = model(inputs[: min(len(inputs), 512)])
+    if float(sample.std(dim=0).mean()) < settings.collapse_std:
+        raise TrainingError("The embeddings collapsed to one point; training stopped.")
+
+
+def fit(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    pairs: PairTensors,
+    settings: TrainSettings,
+    callbacks: Sequence[Callback] = (),
+) -> History:
+    """Train `model` on `pairs` over `inputs` (n, D); returns its history. The model ends at
+    its best epoch: lowest validation loss, or lowest training loss without a validation
+    slice (too few pairs to hold any out)."""
+    if len(pairs) < 2:
+        raise TrainingError("Fewer than 2 training pairs: log more feedback first.")
+    torch.manual_seed(settings.seed)
+    started, history = time.perf_counter(), History()
+    train, val = _split(pairs, settings.val_fraction, settings.seed)
+    loss_fn = InfoNCELoss(temperature=settings.temperature, symmetric=True)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
+    steps = math.ceil(len(train) / settings.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=settings.epochs * steps)
+    generator = torch.Generator().manual_seed(settings.seed)
+    best, best_state, waited = math.inf, None, 0
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        order, losses = torch.randperm(len(train), generator=generator), []
+        for step in range(steps):
+            batch = train.take(order[step * settings.batch_size : (step + 1) * settings.batch_size])
+            loss = _loss(model, inputs, batch, loss_fn)
+            optimiser.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimiser.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+            _check_health(model, inputs, losses[-1], settings)
+            for callback in callbacks:
+                callback.on_step(epoch, step + 1, steps, losses[-1])
+        model.eval()
+        with torch.no_grad():
+            val_loss = float(_loss(model, inputs, val, loss_fn)) if val is not None else None
+        history.train_loss.append(float(np.mean(losses)))
+        history.val_loss.append(val_loss if val_loss is not None else history.train_loss[-1])
+        for callback in callbacks:
+            callback.on_epoch(epoch, history.train_loss[-1], val_loss)
+        if history.val_loss[-1] < best - 1e-6:
+            best, waited, history.best_epoch = history.val_loss[-1], 0, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            waited += 1
+            if waited >= settings.patience:
+                history.stopped_early = True
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    history.seconds = round(time.perf_counter() - started, 2)
+    return history

@@ -1,0 +1,113 @@
+"""Train: what the feedback holds, the settings, start / cancel, live loss, versions."""
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from core.finetune import feedback_pairs
+from core.jobs import reap_stale, start_training
+from core.pairs import PairSettings
+from core.store import StoreError, TrainingRun
+from core.training import TrainSettings
+from ui.resources import get_studio
+from ui.state import require_app_frame
+
+require_app_frame(__file__)
+studio = get_studio()
+st.title("Fine-tune on feedback")
+reap_stale(studio.store)
+
+pairs = feedback_pairs(studio, PairSettings())
+summary = pairs.summary
+st.subheader("What the feedback holds")
+a, b, c, d = st.columns(4)
+a.metric("Training pairs", f"{len(pairs):,}", help=f"{summary['pairs_before']} before re-balancing")
+b.metric("Positives", sum(summary["positives"].values()), help=str(summary["positives"]))
+c.metric("Explicit negatives", sum(summary["explicit_negatives"].values()),
+         help=str(summary["explicit_negatives"]))  # fmt: skip
+d.metric("Negatives per pair", summary["negatives_per_pair"], help=str(summary["negatives"]))
+if len(pairs):
+    balance = pd.DataFrame(
+        {"before": pd.Series(summary["labels_before"]), "after": pd.Series(summary["labels_after"])}
+    ).fillna(0)
+    balance = balance.sort_values("before", ascending=False).head(25).reset_index(names="label")
+    figure = px.bar(
+        balance.melt(id_vars="label", var_name="re-balancing", value_name="pairs"),
+        x="label", y="pairs", color="re-balancing", barmode="group",
+        title="Pairs per anchor label, before and after re-balancing (top 25)",
+    )  # fmt: skip
+    st.plotly_chart(figure, width="stretch")
+else:
+    st.info(
+        "No usable feedback yet: label results on the Search page, or `python -m core simulate`."
+    )
+
+st.subheader("Run")
+with st.form("settings"):
+    left, middle, right = st.columns(3)
+    mode = left.selectbox("Mode", ["head"], help="head: an adapter on the frozen encoder (seconds)")
+    epochs = middle.slider("Epochs (upper bound; early stopping)", 5, 200, 40, step=5)
+    temperature = right.select_slider("Temperature", [0.05, 0.07, 0.1, 0.2, 0.5], value=0.2)
+    start = st.form_submit_button("Start training", type="primary", disabled=len(pairs) < 2)
+if start:
+    try:
+        run = start_training(
+            studio.settings, TrainSettings(mode=mode, epochs=epochs, temperature=temperature)
+        )
+        st.toast(f"Training run {run.id} started")
+    except StoreError as exc:
+        st.error(str(exc))
+
+
+def show_run(run: TrainingRun) -> None:
+    if run.live:
+        st.progress(run.fraction, text=run.describe())
+        if st.button("Cancel", key=f"cancel-{run.id}"):
+            studio.store.training.request_cancel(run.id)
+    else:
+        status = {"done": st.success, "failed": st.error, "cancelled": st.warning}[run.status]
+        status(f"Run {run.id} · {run.status} · {run.message or ''}")
+    if run.losses:
+        losses = pd.DataFrame(run.losses).melt(id_vars="epoch", var_name="loss", value_name="value")
+        st.plotly_chart(px.line(losses, x="epoch", y="value", color="loss", markers=True,
+                                title="Loss per epoch"), width="stretch")  # fmt: skip
+
+
+@st.fragment(run_every=1.0)
+def live_run() -> None:
+    """Polls the store every second; only this part of the page reruns."""
+    runs = studio.store.training.runs(limit=1)
+    if runs:
+        show_run(runs[0])
+    else:
+        st.caption("No training run yet.")
+
+
+live_run()
+
+st.subheader("Versions")
+versions = studio.store.list_model_versions()
+table = pd.DataFrame(
+    [
+        {
+            "version": v.version,
+            "active": v.active,
+            "parent": v.parent,
+            "mode": v.card.get("mode", "—"),
+            "test mAP before": v.card.get("metrics_before", {}).get("map"),
+            "test mAP after": v.card.get("metrics", {}).get("map"),
+            "pairs": (v.card.get("pairs") or {}).get("pairs"),
+            "created": v.created_at,
+        }
+        for v in versions
+    ]
+)
+st.dataframe(table, hide_index=True, width="stretch")
+pick, button = st.columns([3, 1], vertical_alignment="bottom")
+chosen = pick.selectbox(
+    "Version", [v.version for v in versions], index=[v.active for v in versions].index(True)
+)
+if button.button("Activate", disabled=chosen == studio.active_version().version):
+    studio.store.activate(chosen)
+    st.toast(f"{chosen} is active: search uses it now (roll back by activating its parent).")
+    st.rerun()

@@ -1,0 +1,59 @@
+"""The Train page: the feedback summary before any run, a run's result, versions, activate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.jobs import run_training_job
+from core.simulate import simulate
+from core.studio import Studio
+
+
+@pytest.fixture
+def trained(studio: Studio, make_gallery: Callable[..., Path]) -> Studio:
+    studio.ingest([make_gallery(per_label=8)], label_from_folders=True)
+    simulate(studio, n_queries=40, seed=0, k=5)
+    return studio
+
+
+def train_page(app: Callable[[], AppTest]) -> AppTest:
+    at = app().run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_the_feedback_summary_shows_before_any_run(
+    app: Callable[[], AppTest], trained: Studio
+) -> None:
+    at = train_page(app)
+    metrics = {m.label: m.value for m in at.metric}
+    assert int(metrics["Training pairs"]) > 0 and int(metrics["Positives"]) > 0
+    assert any("No training run yet" in c.value for c in at.caption)
+    assert at.dataframe[0].value["version"].tolist() == ["base"]
+
+
+def test_a_finished_run_and_activating_its_version(
+    app: Callable[[], AppTest], trained: Studio
+) -> None:
+    run = trained.store.training.queue("base", {"epochs": 3})
+    run_training_job(trained, run.id)  # what `python -m core train-job` does
+    at = train_page(app)
+    assert any("done" in s.value and "ft-0001" in s.value for s in at.success)
+    assert at.dataframe[0].value["version"].tolist() == ["base", "ft-0001"]
+    version_box = next(s for s in at.selectbox if s.label == "Version")
+    version_box.set_value("ft-0001").run()
+    next(b for b in at.button if b.label == "Activate").click().run()
+    assert trained.store.active_version().version == "ft-0001"
+
+
+def test_no_feedback_disables_start(
+    app: Callable[[], AppTest], studio: Studio, make_gallery: Callable[..., Path]
+) -> None:
+    studio.ingest([make_gallery(per_label=3)], label_from_folders=True)
+    at = train_page(app)
+    assert any("No usable feedback" in i.value for i in at.info)

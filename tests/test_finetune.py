@@ -1,0 +1,245 @@
+"""core.finetune through the studio: simulated feedback -> a new, inactive, indexed, evaluated
+version whose encoder reproduces its index; a cancelled, diverged or failed run leaves nothing.
+
+References are independent of the code under test: the head is re-applied with numpy to the
+weights read by safetensors' numpy loader, metrics are recomputed by brute force
+(tests.test_evaluation.reference_metrics), and "nothing left" is checked on the catalog, the
+index and the models folder directly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file as load_numpy
+
+import core.training
+from core.evaluation import EvaluationError
+from core.finetune import HEAD_FILE, FineTuneReport, load_heads
+from core.images import load_image
+from core.simulate import simulate
+from core.studio import Studio
+from core.training import ResidualHead, TrainingCancelled, TrainingError, TrainSettings
+from tests.conftest import GALLERY_LABELS
+from tests.test_cli import run_cli, run_json
+from tests.test_evaluation import reference_metrics
+
+PER_LABEL = 8  # 4 labels x 8 images, about half of them train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: thread hand-offs cost more than they save on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fed(studio: Studio, make_gallery: Callable[..., Path]) -> Studio:
+    """A labelled gallery and 40 simulated searches' worth of clicks and labels."""
+    studio.ingest([make_gallery(per_label=PER_LABEL)], label_from_folders=True)
+    simulate(studio, n_queries=40, seed=0, k=5)
+    return studio
+
+
+def reference_head(vectors: np.ndarray, head_file: Path) -> np.ndarray:
+    """x -> normalise(x + W x), with W read from the safetensors file by numpy."""
+    weight = load_numpy(head_file)["linear.weight"].astype(np.float64)  # (D, D)
+    out = vectors.astype(np.float64) + vectors.astype(np.float64) @ weight.T
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def vectors_by_id(studio: Studio, version: str, ids: list[str]) -> np.ndarray:
+    found, vectors = studio.index.get_embeddings(version, ids)
+    assert found == ids
+    return vectors
+
+
+def brute_force_metrics(studio: Studio, version: str) -> dict[str, float]:
+    """Brute-force label metrics of `version` on the test split at k=10 (the card's)."""
+    records = studio.store.list_images(split="test")
+    ids = [r.id for r in records]
+    expected = reference_metrics(ids, [r.label for r in records],
+                                 vectors_by_id(studio, version, ids), 10)  # fmt: skip
+    del expected["n_queries"]
+    return expected
+
+
+def leftovers(studio: Studio) -> tuple[list[str], list[str], list[str]]:
+    """What a run can write: catalog rows, index collections, files under models/."""
+    models = studio.settings.models_dir
+    files = sorted(str(p.relative_to(models)) for p in models.rglob("*")) if models.exists() else []
+    return [v.version for v in studio.store.list_model_versions()], studio.index.versions(), files
+
+
+def tmp_files(studio: Studio) -> list[Path]:
+    models = studio.settings.models_dir
+    return list(models.rglob("*.tmp")) if models.exists() else []
+
+
+# --- a run -----------------------------------------------------------------------------------
+
+
+def test_fine_tune_writes_an_inactive_indexed_evaluated_version(fed: Studio) -> None:
+    base_ids, base_vectors = fed.index.get_embeddings("base")
+    report = fed.train_from_feedback(TrainSettings(epochs=5))
+
+    assert isinstance(report, FineTuneReport)
+    assert (report.version, report.parent) == ("ft-0001", "base")
+    version = fed.store.get_model_version("ft-0001")
+    assert (version.active, version.parent, version.encoder) == (False, "base", "tiny-test")
+    assert fed.active_version().version == "base"  # activation is the user's decision
+
+    # one vector per gallery image, each the head applied to the parent's vector
+    gallery = sorted(r.id for r in fed.store.list_images())
+    assert base_ids == gallery and len(gallery) == 4 * PER_LABEL
+    head_file = fed.settings.models_dir / "ft-0001" / HEAD_FILE
+    assert head_file.is_file() and tmp_files(fed) == []
+    new = vectors_by_id(fed, "ft-0001", gallery)
+    np.testing.assert_allclose(new, reference_head(base_vectors, head_file), atol=1e-5)
+    [head] = load_heads(fed.settings.models_dir, [f"ft-0001/{HEAD_FILE}"])
+    assert isinstance(head, ResidualHead) and not head.training
+    assert float(head.linear.weight.detach().abs().max()) > 0  # it trained
+
+    card = version.card
+    assert card["mode"] == "head" and card["heads"] == [f"ft-0001/{HEAD_FILE}"]
+    assert card["settings"]["epochs"] == 5 and 1 <= card["epochs_run"] <= 5
+    assert len(card["train_loss"]) == len(card["val_loss"]) == card["epochs_run"]
+    assert card["pairs"] == report.summary and card["pairs"]["pairs"] == report.pairs >= 2
+    assert card["metrics"] == report.metrics_after
+    assert card["metrics_before"] == report.metrics_before
+    assert card["metrics_before"] == fed.evaluate("base", split="test").metrics()
+    assert card["metrics"] == fed.evaluate("ft-0001", split="test").metrics()
+    for name, value in brute_force_metrics(fed, "base").items():
+        assert card["metrics_before"][name] == pytest.approx(value, abs=1e-9), name
+    for name, value in brute_force_metrics(fed, "ft-0001").items():
+        assert card["metrics"][name] == pytest.approx(value, abs=1e-9), name
+
+
+def test_the_encoder_with_heads_reproduces_the_index_and_runs_stack(fed: Studio) -> None:
+    settings = TrainSettings(epochs=5, lr=1e-2)  # a clearer move away from the base
+    fed.train_from_feedback(settings)
+    fed.store.activate("ft-0001")
+    second = fed.train_from_feedback(settings, activate=True)
+
+    assert (second.version, second.parent) == ("ft-0002", "ft-0001")
+    version = fed.active_version()
+    assert (version.version, version.parent) == ("ft-0002", "ft-0001")
+    assert version.card["heads"] == [f"ft-0001/{HEAD_FILE}", f"ft-0002/{HEAD_FILE}"]
+    gallery = sorted(r.id for r in fed.store.list_images())
+    models = fed.settings.models_dir
+    base = vectors_by_id(fed, "base", gallery)
+    stacked = reference_head(reference_head(base, models / "ft-0001" / HEAD_FILE),
+                             models / "ft-0002" / HEAD_FILE)  # fmt: skip
+    np.testing.assert_allclose(vectors_by_id(fed, "ft-0002", gallery), stacked, atol=1e-5)
+
+    records = [fed.store.list_images(label=label, limit=1)[0] for label in GALLERY_LABELS]
+    images = [load_image(fed.image_path(r)).image for r in records]
+    ids = [r.id for r in records]
+    for name in ("ft-0001", "ft-0002"):
+        stored = vectors_by_id(fed, name, ids)
+        encoded = fed.encoder(fed.store.get_model_version(name)).encode(images)
+        np.testing.assert_allclose(encoded, stored, atol=1e-5)
+        assert np.abs(stored - vectors_by_id(fed, "base", ids)).max() > 1e-3  # heads matter
+    for record, results in zip(records, fed.search(images, k=1), strict=True):
+        assert results[0].image_id == record.id
+        assert results[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+# --- runs that stop --------------------------------------------------------------------------
+
+
+class CancelFirstStep:
+    def on_step(self, epoch: int, step: int, steps: int, loss: float) -> None:
+        raise TrainingCancelled("the user pressed stop")
+
+    def on_epoch(self, epoch: int, train_loss: float, val_loss: float | None) -> None:
+        raise AssertionError("cancelled on the first step")
+
+
+@pytest.mark.parametrize("failure", ["cancelled", "nan", "register"])
+def test_a_stopped_run_leaves_no_half_written_version(
+    fed: Studio, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    before = leftovers(fed)
+    callbacks: list[Any] = []
+    written: list[tuple[bool, list[str]]] = []
+    expected: type[BaseException] = TrainingError
+    if failure == "cancelled":
+        callbacks, expected = [CancelFirstStep()], TrainingCancelled
+    elif failure == "nan":
+        real = core.training._loss
+        monkeypatch.setattr(core.training, "_loss", lambda *a: real(*a) * float("nan"))
+    else:
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            written.append(((fed.settings.models_dir / "ft-0001" / HEAD_FILE).is_file(),
+                            fed.index.versions()))  # fmt: skip
+            raise OSError("disk full")
+
+        monkeypatch.setattr(fed.store, "add_model_version", refuse)
+        expected = OSError
+
+    with pytest.raises(expected) as caught:
+        fed.train_from_feedback(TrainSettings(epochs=3), callbacks=callbacks)
+    if failure == "nan":
+        assert "NaN" in str(caught.value)
+    if failure == "register":  # the head and the collection existed, then were removed
+        assert written == [(True, ["base", "ft-0001"])]
+    assert leftovers(fed) == before
+    assert fed.active_version().version == "base"
+
+    monkeypatch.undo()  # the studio is unharmed: the next run takes the same name
+    assert fed.train_from_feedback(TrainSettings(epochs=1)).version == "ft-0001"
+
+
+def test_a_test_split_that_cannot_be_evaluated_stops_the_run_before_writing(
+    fed: Studio,
+) -> None:
+    # Feedback on train images is there, but no test image is left to measure before/after.
+    fed.remove_images([r.id for r in fed.store.list_images(split="test")])
+    before = leftovers(fed)
+    with pytest.raises(EvaluationError, match="test split"):
+        fed.train_from_feedback(TrainSettings(epochs=1))
+    assert leftovers(fed) == before
+
+
+def test_without_feedback_there_is_nothing_to_train_on(
+    studio: Studio, make_gallery: Callable[..., Path]
+) -> None:
+    studio.ingest([make_gallery(per_label=2)], label_from_folders=True)
+    before = leftovers(studio)
+    with pytest.raises(TrainingError, match="feedback"):
+        studio.train_from_feedback(TrainSettings(epochs=1))
+    assert leftovers(studio) == before
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def test_cli_train_reports_before_and_after_and_does_not_activate(fed: Studio) -> None:
+    data = fed.settings.data_dir
+    result = run_cli(data, "train", "--from-feedback", "--epochs", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert set(payload) == {
+        "version", "parent", "pairs", "seconds", "metrics_before", "metrics_after"
+    }  # fmt: skip
+    assert (payload["version"], payload["parent"]) == ("ft-0001", "base")
+    assert payload["pairs"] >= 2 and payload["seconds"] >= 0
+    assert set(payload["metrics_after"]) == set(payload["metrics_before"]) >= {"mrr", "map"}
+    assert "train: epoch 1 loss" in result.stderr
+
+    rows = {row["version"]: row for row in run_json(data, "models")}
+    assert set(rows) == {"base", "ft-0001"}
+    assert rows["base"]["active"] is True and rows["ft-0001"]["active"] is False
+    assert rows["ft-0001"]["parent"] == "base"
+    assert rows["ft-0001"]["metrics"] == payload["metrics_after"]
