@@ -29,6 +29,7 @@ from core.store import (
     StoreError,
     split_for,
 )
+from tests.conftest import raw
 
 N_IMAGES = 12
 TABLES = ("queries", "interactions", "query_images")
@@ -50,14 +51,6 @@ def record(n: int) -> ImageRecord:
         file="x.png",
         source="test",
     )
-
-
-def raw(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def row_counts(path: Path) -> dict[str, int]:

@@ -21,16 +21,9 @@ from core.config import Settings
 from core.encoder import Encoder
 from core.simulate import SIMULATOR_USER, ClickModel, SimulationError, simulate
 from core.studio import Studio
+from tests.conftest import raw
 
 PER_LABEL = 6  # 4 labels x 6 images: about a dozen train images
-
-
-def raw(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def split_of(studio: Studio) -> dict[str, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from core.store import MIGRATIONS, SPLITS, ImageRecord, Store, StoreError, split_for
+from tests.conftest import raw
 
 LABEL_FILTER_LABELS = (
     "animals",
@@ -56,14 +57,6 @@ def record(n: int, label: str | None = None, *, second: int = 0, name: str = "")
         source="tests",
         added_at=f"2024-01-01T00:{second // 60:02d}:{second % 60:02d}+00:00",
     )
-
-
-def raw(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 @pytest.fixture
