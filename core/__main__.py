@@ -171,12 +171,23 @@ def cmd_train(studio: Any, args: argparse.Namespace) -> int:
     from core.training import TrainSettings
 
     settings = TrainSettings(mode=args.mode, epochs=args.epochs)
-    report = studio.train_from_feedback(
-        settings, activate=args.activate, callbacks=[_EpochPrinter()]
-    )
+    if args.images:  # self-supervised: no labels, two augmented views per image
+        from core.selfsup import load_folder, self_supervised
+
+        report = self_supervised(
+            studio, load_folder(args.images), settings, activate=args.activate,
+            callbacks=[_EpochPrinter()],
+        )  # fmt: skip
+    else:
+        report = studio.train_from_feedback(
+            settings, activate=args.activate, callbacks=[_EpochPrinter()]
+        )
     payload = report.as_dict()
     del payload["summary"]  # on the version's card (`models`); too long for a terminal
-    lines = [f"{report.version} (parent {report.parent}): {report.pairs} pairs, {report.seconds} s"]
+    unit = "images" if args.images else "pairs"
+    lines = [
+        f"{report.version} (parent {report.parent}): {report.pairs} {unit}, {report.seconds} s"
+    ]
     for name, after in report.metrics_after.items():
         before = report.metrics_before[name]
         lines.append(
@@ -281,12 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
     export = add("export-interactions", cmd_export, "Write the interaction log as CSV or Parquet.")
     export.add_argument("out")
     export.add_argument("--format", choices=("csv", "parquet"), help="default: from the extension")
-    train = add("train", cmd_train, "Fine-tune on the logged feedback into a new model version.")
-    train.add_argument(
-        "--from-feedback",
-        action="store_true",
-        required=True,
-        help="pairs from the interaction log (train split only)",
+    train = add("train", cmd_train, "Fine-tune the active version into a new model version.")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--from-feedback", action="store_true", help="pairs from the log (train split only)"
+    )
+    source.add_argument(
+        "--images",
+        nargs="+",
+        metavar="DIR",
+        help="self-supervised (SimCLR): two augmented views per image, no labels",
     )
     train.add_argument(
         "--mode",

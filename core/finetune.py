@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +22,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core.pairs import PairSettings, TrainingPairs, build_pairs
-from core.training import Callback, PairTensors, ResidualHead, TrainingError, TrainSettings, fit
+from core.training import (
+    Callback,
+    History,
+    PairTensors,
+    ResidualHead,
+    TrainingError,
+    TrainSettings,
+    fit,
+)
 
 if TYPE_CHECKING:
     from core.studio import Studio
@@ -94,6 +102,46 @@ def feedback_pairs(studio: Studio, pair_settings: PairSettings) -> TrainingPairs
     return build_pairs(log, {r.id: r.label for r in records}, train_ids, pair_settings)
 
 
+def register_head(
+    studio: Studio,
+    head: torch.nn.Module,
+    settings: TrainSettings,
+    history: History,
+    card: Mapping[str, object],
+    before: dict[str, float],
+    activate: bool,
+) -> tuple[str, dict[str, float]]:
+    """Save a trained head as a new version over the active one: weights, then the gallery's
+    vectors in a new collection, then the version row (removing what was written if any
+    step fails); evaluate it on `test`. Returns the version and its metrics."""
+    parent = studio.active_version()
+    ids, vectors = studio.index.get_embeddings(parent.version)
+    version = _next_version(studio)
+    folder = studio.settings.models_dir / version
+    try:
+        _save_head(head, folder / HEAD_FILE)
+        with torch.no_grad():
+            moved = head(torch.from_numpy(np.ascontiguousarray(vectors)))
+        studio.index.upsert(version, ids, moved.numpy().astype(np.float32))
+        card = {
+            **card,
+            "heads": [*parent.card.get("heads", []), f"{version}/{HEAD_FILE}"],
+            "settings": asdict(settings), "seconds": history.seconds,
+            "epochs_run": len(history.train_loss), "best_epoch": history.best_epoch,
+            "train_loss": history.train_loss, "val_loss": history.val_loss,
+        }  # fmt: skip
+        studio.store.add_model_version(version, parent.encoder, parent.version, card)
+    except BaseException:
+        studio.index.drop(version)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    after = studio.evaluate(version, split="test").metrics()
+    studio.store.update_card(version, metrics=after, metrics_before=before)
+    if activate:
+        studio.store.activate(version)
+    return version, after
+
+
 def fine_tune(
     studio: Studio,
     settings: TrainSettings,
@@ -115,27 +163,7 @@ def fine_tune(
     inputs = torch.from_numpy(np.ascontiguousarray(vectors))  # (n, D) frozen unit features
     head = ResidualHead(inputs.shape[1])
     history = fit(head, inputs, _tensors(pairs, row), settings, callbacks)
-    version = _next_version(studio)
-    folder = studio.settings.models_dir / version
-    try:
-        _save_head(head, folder / HEAD_FILE)
-        with torch.no_grad():
-            studio.index.upsert(version, ids, head(inputs).numpy().astype(np.float32))
-        card = {
-            "mode": settings.mode,
-            "heads": [*parent.card.get("heads", []), f"{version}/{HEAD_FILE}"],
-            "settings": asdict(settings), "pairs": pairs.summary, "seconds": history.seconds,
-            "epochs_run": len(history.train_loss), "best_epoch": history.best_epoch,
-            "train_loss": history.train_loss, "val_loss": history.val_loss,
-        }  # fmt: skip
-        studio.store.add_model_version(version, parent.encoder, parent.version, card)
-    except BaseException:
-        studio.index.drop(version)
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    after = studio.evaluate(version, split="test").metrics()
-    studio.store.update_card(version, metrics=after, metrics_before=before)
-    if activate:
-        studio.store.activate(version)
+    card = {"mode": settings.mode, "source": "feedback", "pairs": pairs.summary}
+    version, after = register_head(studio, head, settings, history, card, before, activate)
     return FineTuneReport(version, parent.version, len(pairs), history.seconds, before, after,
                           pairs.summary)  # fmt: skip

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -110,14 +110,18 @@ class ResidualHead(nn.Module):
         return nn.functional.normalize(x + self.linear(x), dim=-1)
 
 
+Features = Callable[[torch.Tensor], torch.Tensor]  # (B,) row numbers -> (B, D) model inputs
+
+
 def _loss(
-    model: nn.Module, inputs: torch.Tensor, batch: PairTensors, loss_fn: InfoNCELoss
-) -> torch.Tensor:
-    anchors = model(inputs[batch.anchors])  # (B, D)
-    positives = model(inputs[batch.positives])  # (B, D)
+    model: nn.Module, features: Features, batch: PairTensors, loss_fn: InfoNCELoss
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's loss, and the anchors' outputs (B, D') for the collapse check."""
+    anchors = model(features(batch.anchors))  # (B, D')
+    positives = model(features(batch.positives))  # (B, D')
     b, n = batch.negatives.shape
-    negatives = model(inputs[batch.negatives.reshape(-1)]).reshape(b, n, -1) if n else None
-    return loss_fn(anchors, positives, negatives, batch.weights)
+    negatives = model(features(batch.negatives.reshape(-1))).reshape(b, n, -1) if n else None
+    return loss_fn(anchors, positives, negatives, batch.weights), anchors
 
 
 def _split(
@@ -130,30 +134,29 @@ def _split(
     return pairs.take(order[n_val:]), pairs.take(order[:n_val])
 
 
-def _check_health(
-    model: nn.Module, inputs: torch.Tensor, loss: float, settings: TrainSettings
-) -> None:
+def _check_health(outputs: torch.Tensor, loss: float, settings: TrainSettings) -> None:
+    """NaN loss, or a batch whose outputs (B, D') all coincide: stop with a message."""
     if not math.isfinite(loss):
         raise TrainingError("The loss became NaN or infinite; lower the learning rate.")
-    with torch.no_grad():
-        sample = model(inputs[: min(len(inputs), 512)])
-    if float(sample.std(dim=0).mean()) < settings.collapse_std:
+    if len(outputs) > 1 and float(outputs.detach().std(dim=0).mean()) < settings.collapse_std:
         raise TrainingError("The embeddings collapsed to one point; training stopped.")
 
 
 def fit(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | Features,
     pairs: PairTensors,
     settings: TrainSettings,
     callbacks: Sequence[Callback] = (),
 ) -> History:
-    """Train `model` on `pairs` over `inputs` (n, D); returns its history. The model ends at
+    """Train `model` on `pairs` over `inputs`: an (n, D) matrix, or a function of row numbers
+    (which may, say, augment images afresh on every call); returns its history. The model ends at
     its best epoch: lowest validation loss, or lowest training loss without a validation
     slice (too few pairs to hold any out)."""
     if len(pairs) < 2:
         raise TrainingError("Fewer than 2 training pairs: log more feedback first.")
     torch.manual_seed(settings.seed)
+    features = inputs if callable(inputs) else inputs.__getitem__
     started, history = time.perf_counter(), History()
     train, val = _split(pairs, settings.val_fraction, settings.seed)
     loss_fn = InfoNCELoss(temperature=settings.temperature, symmetric=True)
@@ -169,19 +172,19 @@ def fit(
         order, losses = torch.randperm(len(train), generator=generator), []
         for step in range(steps):
             batch = train.take(order[step * settings.batch_size : (step + 1) * settings.batch_size])
-            loss = _loss(model, inputs, batch, loss_fn)
+            loss, outputs = _loss(model, features, batch, loss_fn)
             optimiser.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             optimiser.step()
             schedule.step()
             losses.append(float(loss.detach()))
-            _check_health(model, inputs, losses[-1], settings)
+            _check_health(outputs, losses[-1], settings)
             for callback in callbacks:
                 callback.on_step(epoch, step + 1, steps, losses[-1])
         model.eval()
         with torch.no_grad():
-            val_loss = float(_loss(model, inputs, val, loss_fn)) if val is not None else None
+            val_loss = float(_loss(model, features, val, loss_fn)[0]) if val is not None else None
         history.train_loss.append(float(np.mean(losses)))
         history.val_loss.append(val_loss if val_loss is not None else history.train_loss[-1])
         for callback in callbacks:

@@ -177,7 +177,12 @@ def test_a_stopped_run_leaves_no_half_written_version(
         callbacks, expected = [CancelFirstStep()], TrainingCancelled
     elif failure == "nan":
         real = core.training._loss
-        monkeypatch.setattr(core.training, "_loss", lambda *a: real(*a) * float("nan"))
+
+        def nan_loss(*args: object) -> tuple[torch.Tensor, torch.Tensor]:
+            loss, outputs = real(*args)  # type: ignore[arg-type]
+            return loss * float("nan"), outputs
+
+        monkeypatch.setattr(core.training, "_loss", nan_loss)
     else:
 
         def refuse(*args: object, **kwargs: object) -> None:

@@ -1,0 +1,119 @@
+"""Self-supervised fine-tuning, SimCLR style: the seed's "train the model given images".
+
+No labels at all: each image yields two augmented views (random resized crop, flip, colour
+jitter, grayscale, blur — Chen et al. 2020), the frozen encoder embeds them, and the `head`
+mode's adapter plus a projection MLP (used only for the loss, then dropped) learn to match the
+two views of an image against the other images of the batch (NT-Xent = symmetric InfoNCE).
+Same loop and same version bookkeeping as feedback fine-tuning; another pair source.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import transforms
+
+from core.encoder import Encoder
+from core.finetune import FineTuneReport, register_head
+from core.images import ImageError, load_image
+from core.ingest import Candidate, iter_candidates
+from core.training import Callback, PairTensors, ResidualHead, TrainingError, TrainSettings, fit
+
+if TYPE_CHECKING:
+    from core.studio import Studio
+
+
+def simclr_augment(size: int, mean: Sequence[float], std: Sequence[float]) -> transforms.Compose:
+    """SimCLR's augmentations at the encoder's input size and normalisation."""
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size, scale=(0.2, 1.0)),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            transforms.RandomGrayscale(p=0.2),
+            transforms.RandomApply([transforms.GaussianBlur(9, sigma=(0.1, 2.0))], p=0.5),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+
+
+def _normalisation(encoder: Encoder) -> tuple[int, Sequence[float], Sequence[float]]:
+    """Input size, mean and std of the encoder's own preprocessing."""
+    steps = getattr(encoder.preprocess, "transforms", [])
+    normalise = next((t for t in steps if isinstance(t, transforms.Normalize)), None)
+    size = getattr(encoder.model.visual, "image_size", 224)
+    size = size[0] if isinstance(size, tuple) else int(size)
+    if normalise is None:
+        return size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    return size, list(normalise.mean), list(normalise.std)
+
+
+class AugmentedViews:
+    """Row numbers -> frozen-encoder unit features of a fresh random view of each image."""
+
+    def __init__(self, encoder: Encoder, images: Sequence[Image.Image]) -> None:
+        self.encoder, self.images = encoder, images
+        self.augment = simclr_augment(*_normalisation(encoder))
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, D)
+        pixels = torch.stack([self.augment(self.images[int(i)]) for i in rows])
+        with torch.no_grad():  # the encoder stays frozen: only the head learns
+            features = self.encoder.features(pixels).float()
+        return nn.functional.normalize(features, dim=-1)
+
+
+class Projector(nn.Module):
+    """SimCLR's projection MLP, used for the loss only (the head's output is what is indexed)."""
+
+    def __init__(self, dim: int, hidden: int = 512, out: int = 128) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, out)
+        return nn.functional.normalize(self.mlp(x), dim=-1)
+
+
+def load_folder(paths: Iterable[str | os.PathLike[str]]) -> list[Image.Image]:
+    """Every readable image under the paths (unreadable files are skipped, not fatal)."""
+    images: list[Image.Image] = []
+    for candidate in iter_candidates(paths):
+        if isinstance(candidate, Candidate):
+            try:
+                images.append(load_image(candidate.read(), name=candidate.name).image)
+            except (ImageError, OSError):
+                continue
+    return images
+
+
+def self_supervised(
+    studio: Studio,
+    images: Sequence[Image.Image],
+    settings: TrainSettings,
+    *,
+    activate: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> FineTuneReport:
+    """SimCLR-train a head for the active version on unlabelled `images`; a new version."""
+    if len(images) < 4:
+        raise TrainingError("Self-supervised training needs at least 4 readable images.")
+    parent = studio.active_version()
+    before = studio.evaluate(parent.version, split="test").metrics()
+    encoder = studio.encoder(parent)
+    rows = torch.arange(len(images))
+    pairs = PairTensors(rows, rows, torch.zeros((len(images), 0), dtype=torch.long),
+                        torch.ones(len(images)))  # fmt: skip  # two views of each image
+    head = ResidualHead(encoder.dim)
+    model = nn.Sequential(head, Projector(encoder.dim))
+    history = fit(model, AugmentedViews(encoder, images), pairs, settings, callbacks)
+    card = {"mode": settings.mode, "source": "self-supervised", "images": len(images)}
+    version, after = register_head(studio, head, settings, history, card, before, activate)
+    summary = {"images": len(images), "train_loss": [round(x, 4) for x in history.train_loss]}
+    return FineTuneReport(
+        version, parent.version, len(images), history.seconds, before, after, summary
+    )
