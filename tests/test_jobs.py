@@ -6,10 +6,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from core.jobs import reap_stale, run_training_job, start_training
+from core.jobs import StoreProgress, reap_stale, run_training_job, start_training
 from core.simulate import simulate
 from core.store import StoreError
 from core.studio import Studio
@@ -49,8 +50,17 @@ def test_one_run_at_a_time(with_feedback: Studio) -> None:
         with_feedback.store.training.queue("base", {"epochs": 2})
 
 
-def test_cancel_mid_run_leaves_no_version(with_feedback: Studio) -> None:
+def test_cancel_mid_run_leaves_no_version(
+    with_feedback: Studio, monkeypatch: pytest.MonkeyPatch
+) -> None:
     studio = with_feedback
+    real_on_epoch = StoreProgress.on_epoch
+
+    def slow_on_epoch(self: StoreProgress, *args: Any) -> None:
+        real_on_epoch(self, *args)
+        time.sleep(0.05)  # 200 tiny epochs would otherwise finish before the cancel arrives
+
+    monkeypatch.setattr(StoreProgress, "on_epoch", slow_on_epoch)
     run = studio.store.training.queue("base", {"epochs": 200, "patience": 200})
     worker = threading.Thread(target=run_training_job, args=(studio, run.id))
     worker.start()
