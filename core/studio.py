@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from core.config import Settings
@@ -82,12 +83,14 @@ class Studio:
         *,
         index: VectorIndex | None = None,
         encoder_loader: Callable[[str], Encoder] = load_encoder,
+        heads_loader: Callable[[Path, Sequence[str]], list[torch.nn.Module]] = load_heads,
     ) -> None:
         self.settings = settings
         self.store = Store(settings.catalog_path)
         self.store.ensure_base_version(settings.encoder)
         self.index = index if index is not None else VectorIndex.from_settings(settings)
         self._load_encoder = encoder_loader
+        self._load_heads = heads_loader
         self._encoders: dict[str, Encoder] = {}  # the CLI has no st.cache_resource: keep them
 
     def active_version(self) -> ModelVersion:
@@ -100,7 +103,9 @@ class Studio:
             base = self._load_encoder(version.encoder)
             heads = version.card.get("heads", [])
             self._encoders[version.version] = (
-                base.with_heads(load_heads(self.settings.models_dir, heads)) if heads else base
+                base.with_heads(self._load_heads(self.settings.models_dir, heads))
+                if heads
+                else base
             )
         return self._encoders[version.version]
 

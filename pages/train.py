@@ -6,8 +6,9 @@ import streamlit as st
 
 from core.finetune import feedback_pairs
 from core.jobs import reap_stale, start_training
-from core.pairs import PairSettings
+from core.pairs import PairSettings, TrainingPairs
 from core.store import StoreError, TrainingRun
+from core.studio import Studio
 from core.training import TrainSettings
 from ui.resources import get_studio
 from ui.state import require_app_frame
@@ -17,7 +18,19 @@ studio = get_studio()
 st.title("Fine-tune on feedback")
 reap_stale(studio.store)
 
-pairs = feedback_pairs(studio, PairSettings())
+
+@st.cache_data(show_spinner="Reading the feedback…", max_entries=4)
+def training_pairs(_studio: Studio, data_dir: str, version: str, signature: str) -> TrainingPairs:
+    """The pairs a run would use; recomputed only when the gallery or the log changes."""
+    return feedback_pairs(_studio, PairSettings())
+
+
+pairs = training_pairs(
+    studio,
+    str(studio.settings.data_dir),
+    studio.active_version().version,
+    studio.store.state_signature(),
+)
 summary = pairs.summary
 st.subheader("What the feedback holds")
 a, b, c, d = st.columns(4)

@@ -1,4 +1,5 @@
-"""Cached resources for the pages: the encoder and the index client (STYLE.md habit 6).
+"""Cached resources for the pages: the encoder, fine-tuned heads and the index client
+(STYLE.md habit 6).
 
 The catalog is never cached: `Studio` opens a short SQLite connection per operation, so a fresh
 `Studio` per script run is cheap and thread-safe.
@@ -6,10 +7,14 @@ The catalog is never cached: `Studio` opens a short SQLite connection per operat
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
+import torch
 
 from core.config import Settings, load_settings
 from core.encoder import Encoder, load_encoder
+from core.finetune import load_heads
 from core.index import VectorIndex
 from core.studio import Studio
 
@@ -17,6 +22,12 @@ from core.studio import Studio
 @st.cache_resource(show_spinner="Loading the image encoder…")
 def cached_encoder(name: str) -> Encoder:
     return load_encoder(name)
+
+
+@st.cache_resource(show_spinner=False)
+def cached_heads(models_dir: str, files: tuple[str, ...]) -> list[torch.nn.Module]:
+    """A fine-tuned version's adapters, read once per server rather than on every rerun."""
+    return load_heads(Path(models_dir), files)
 
 
 @st.cache_resource(show_spinner=False)
@@ -32,4 +43,5 @@ def get_studio() -> Studio:
         settings,
         index=cached_index(f"{settings.data_dir.resolve()}|{settings.index}", settings),
         encoder_loader=cached_encoder,
+        heads_loader=lambda folder, files: cached_heads(str(folder), tuple(files)),
     )
