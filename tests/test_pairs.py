@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,8 @@ from core.store import LOG_COLUMNS
 
 COLUMNS = [*LOG_COLUMNS, "query_id"]  # what FeedbackLog.interactions(with_query_id=True) has
 NAN = float("nan")
-SETTINGS = PairSettings(click_weight=0.3, label_weight=1.0, grade_weight=0.8)
+# Transitive positives off unless a test is about them: these logs are counted by hand.
+SETTINGS = PairSettings(click_weight=0.3, label_weight=1.0, grade_weight=0.8, transitive=0)
 
 
 class Log:
@@ -160,7 +162,7 @@ def test_pairs_outside_the_allowed_set_are_dropped_and_counted() -> None:
     log.act(1, "a", "similar").act(1, "x", "similar")  # x is in the test split
     log.act(1, "b", "not_similar").act(2, "a", "not_similar")  # t is a test query
     allowed = ["q", "a", "b", "r1", "r2", "r3"]
-    pairs = build_pairs(log.frame(), {}, allowed, PairSettings(random_negatives=3))
+    pairs = build_pairs(log.frame(), {}, allowed, PairSettings(random_negatives=3, transitive=0))
     assert (pairs.anchors, pairs.positives) == (["q"], ["a"])
     assert pairs.summary["dropped_outside_allowed"] == {"negative": 1, "positive": 1, "total": 2}
     assert pairs.negatives[0][0] == "b"  # the explicit negative comes first
@@ -174,7 +176,7 @@ def test_random_negatives_exclude_anchor_and_positives_and_are_reproducible() ->
     randoms = [f"r{i}" for i in range(1, 9)]
     allowed = ["q", "s", "p1", "p2", "n1", *randoms]
     labels = {i: ("odd" if int(i[1]) % 2 else "even") for i in randoms}
-    settings = PairSettings(random_negatives=3, hard_negatives=False, seed=7)
+    settings = PairSettings(random_negatives=3, hard_negatives=False, seed=7, transitive=0)
     pairs = build_pairs(log.frame(), labels, allowed, settings)
     assert list(pair_counts(pairs)) == [("q", "p1"), ("q", "p2"), ("s", "p1"), ("s", "r1")]
     np.testing.assert_allclose(pairs.weights, [1.0, 0.3, 1.0, 1.0])
@@ -186,7 +188,9 @@ def test_random_negatives_exclude_anchor_and_positives_and_are_reproducible() ->
             assert set(row) <= set(allowed) - {"s", "p1", "r1"}
     again = build_pairs(log.frame(), labels, allowed, settings)
     assert again.negatives == pairs.negatives
-    other = build_pairs(log.frame(), labels, allowed, PairSettings(seed=8, hard_negatives=False))
+    other = build_pairs(
+        log.frame(), labels, allowed, PairSettings(seed=8, hard_negatives=False, transitive=0)
+    )
     assert other.negatives != pairs.negatives
     assert pairs.summary["negatives"] == {"grade": 0, "hard": 0, "label": 2, "random": 10}
 
@@ -208,7 +212,7 @@ def test_random_negatives_are_balanced_over_labels_not_images() -> None:
     population |= {f"b{i}": "B" for i in range(15)} | {f"c{i}": "C" for i in range(5)}
     log = Log().search(1, "x", ["y"]).act(1, "y", "similar")
     labels = {**population, "x": "A", "y": "A"}
-    settings = PairSettings(random_negatives=3, min_per_label=300, seed=3)
+    settings = PairSettings(random_negatives=3, min_per_label=300, seed=3, transitive=0)
     pairs = build_pairs(log.frame(), labels, [*population, "x", "y"], settings)
     assert len(pairs) == 300 and set(pair_counts(pairs)) == {("x", "y")}  # repeated
     drawn = Counter(labels[i] for row in pairs.negatives for i in row)
@@ -232,7 +236,7 @@ def test_rebalancing_caps_a_popular_label_and_repeats_a_rare_one() -> None:
     log = labelled_pairs({"h1": 2, "h2": 2, "h3": 2, "h4": 2, "m1": 2, "c1": 1})
     labels = {"h1": "hot", "h2": "hot", "h3": "hot", "h4": "hot", "m1": "mid", "c1": "cold"}
     allowed = {*labels, *(f"{a}-{i}" for a in labels for i in (1, 2)), "r1", "r2", "r3"}
-    settings = PairSettings(max_per_label=4, min_per_label=3, random_negatives=2)
+    settings = PairSettings(max_per_label=4, min_per_label=3, random_negatives=2, transitive=0)
     pairs = build_pairs(log.frame(), labels, allowed, settings)
     summary = pairs.summary
     assert summary["labels_before"] == {"cold": 1, "hot": 8, "mid": 2}
@@ -252,7 +256,9 @@ def test_default_label_cap_is_twice_the_median_and_unlabelled_is_a_bucket() -> N
     labels: dict[str, str | None] = {"h1": "hot", "h2": "hot", "m1": "mid", "c1": "cold"}
     labels["u1"] = None
     allowed = {*labels, *(f"{a}-{i}" for a in labels for i in range(1, 5)), "r1"}
-    pairs = build_pairs(log.frame(), labels, allowed, PairSettings(random_negatives=1))
+    pairs = build_pairs(
+        log.frame(), labels, allowed, PairSettings(random_negatives=1, transitive=0)
+    )
     before = {"cold": 1, "hot": 8, "mid": 3, UNLABELLED: 2}
     assert pairs.summary["labels_before"] == before
     assert pairs.summary["max_per_label"] == 5  # 2 × median(1, 2, 3, 8) = 2 × 2.5
@@ -265,12 +271,12 @@ def test_an_image_positive_for_many_anchors_is_capped_keeping_labels_over_clicks
         log.search(k, f"a{k}", [f"o{k}", "pop"]).act(k, f"o{k}", "similar")
         log.act(k, "pop", "similar" if k <= 3 else "click")
     allowed = [*(f"a{k}" for k in range(1, 7)), *(f"o{k}" for k in range(1, 7)), "pop", "r1"]
-    pairs = build_pairs(log.frame(), {}, allowed, PairSettings(random_negatives=1))
+    pairs = build_pairs(log.frame(), {}, allowed, PairSettings(random_negatives=1, transitive=0))
     counts = pair_counts(pairs)
     assert pairs.summary["image_cap"] == 3  # max(3, 2 × median(6, 1, 1, 1, 1, 1, 1))
     assert sorted(a for a, p in counts if p == "pop") == ["a1", "a2", "a3"]  # the labelled ones
     assert pairs.summary["dropped_by_image_cap"] == 3
-    assert pairs.summary["positives"] == {"click": 3, "grade": 0, "label": 9}
+    assert pairs.summary["positives"] == {"click": 3, "grade": 0, "label": 9, "transitive": 0}
 
 
 def test_summary_counts_and_json() -> None:
@@ -280,7 +286,7 @@ def test_summary_counts_and_json() -> None:
     allowed = ["q", "a", "b", "c", "d", "e", "lonely", "r1", "r2"]
     pairs = build_pairs(log.frame(), {"r1": "x"}, allowed, SETTINGS)
     summary = json.loads(json.dumps(pairs.summary))  # JSON-serialisable
-    assert summary["positives"] == {"click": 1, "grade": 1, "label": 1}
+    assert summary["positives"] == {"click": 1, "grade": 1, "label": 1, "transitive": 0}
     assert summary["explicit_negatives"] == {"grade": 1, "hard": 1, "label": 1}  # a, e, lonely
     assert summary["unused_negatives"] == 1  # lonely's a: lonely has no positive
     # 3 pairs × 3 slots: a (hard) and e (label) in every pair, one random each
@@ -306,3 +312,40 @@ def test_errors_a_user_can_cause() -> None:
         PairSettings(positive_grade=1, negative_grade=1)
     with pytest.raises(PairError, match="min_per_label"):
         PairSettings(max_per_label=2, min_per_label=3)
+
+
+def test_explicit_positives_chain_into_transitive_pairs_but_clicks_do_not() -> None:
+    # q ~ a and a ~ b (labels) make b a positive for q and q one for b; a click a -> c does not
+    # chain, and q's explicit "not similar" on d stands although d ~ b (a grade).
+    log = Log().search(1, "q", ["a", "d"]).act(1, "a", "similar").act(1, "d", "not_similar")
+    log.search(2, "a", ["b", "c"]).act(2, "b", "similar").act(2, "c", "click")
+    log.search(3, "b", ["d"]).act(3, "d", "grade", 3)
+    allowed = ["q", "a", "b", "c", "d", "r1", "r2"]
+    settings = PairSettings(random_negatives=1, hard_negatives=False, max_per_label=100)
+    pairs = build_pairs(log.frame(), {}, allowed, settings)
+    inferred = {("q", "b"), ("b", "q"), ("a", "d"), ("d", "a")}  # q-d is judged: not similar
+    direct = {("q", "a"), ("a", "b"), ("a", "c"), ("b", "d")}
+    assert set(zip(pairs.anchors, pairs.positives, strict=True)) == direct | inferred
+    assert pairs.summary["positives"] == {"click": 1, "grade": 1, "label": 2, "transitive": 4}
+    off = build_pairs(log.frame(), {}, allowed, replace(settings, transitive=0))
+    assert set(zip(off.anchors, off.positives, strict=True)) == direct
+
+
+def test_transitive_pairs_are_capped_per_image_and_stay_inside_the_allowed_set() -> None:
+    # One chain of labels p0 ~ p1 ~ ... ~ p5, and p6 in the test split: each image gets at most
+    # `transitive` inferred positives, none of them p6.
+    log = Log()
+    for k in range(6):
+        log.search(k, f"p{k}", [f"p{k + 1}"]).act(k, f"p{k + 1}", "similar")
+    allowed = [f"p{k}" for k in range(6)] + ["r1"]
+    settings = PairSettings(random_negatives=1, transitive=2, max_per_label=100, seed=4)
+    pairs = build_pairs(log.frame(), {}, allowed, settings)
+    inferred = Counter(
+        a
+        for a, p in zip(pairs.anchors, pairs.positives, strict=True)
+        if abs(int(a[1]) - int(p[1])) > 1
+    )
+    assert set(inferred.values()) == {2} and len(inferred) == 6
+    assert "p6" not in {*pairs.anchors, *pairs.positives}
+    again = build_pairs(log.frame(), {}, allowed, settings)
+    assert (again.anchors, again.positives) == (pairs.anchors, pairs.positives)  # seeded
