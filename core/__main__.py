@@ -170,7 +170,7 @@ class _EpochPrinter:
 def cmd_train(studio: Any, args: argparse.Namespace) -> int:
     from core.training import TrainSettings
 
-    settings = TrainSettings(mode=args.mode, epochs=args.epochs)
+    settings = TrainSettings.for_mode(args.mode, epochs=args.epochs, blocks=args.blocks)
     if args.images:  # self-supervised: no labels, two augmented views per image
         from core.selfsup import load_folder, self_supervised
 
@@ -305,11 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--mode",
-        choices=("head",),
+        choices=("head", "partial", "full"),  # core.training.MODES (not imported: torch)
         default="head",
-        help="head: an adapter on the frozen encoder's features",
+        help="head: an adapter on the frozen encoder's features (seconds); partial: the last "
+        "blocks of the image tower too (about a minute on the demo); full: the whole tower",
     )
-    train.add_argument("--epochs", type=int, default=40, help="upper bound (early stopping)")
+    train.add_argument(
+        "--epochs", type=int, help="upper bound, early stopping (default: per mode, 40 for head)"
+    )
+    train.add_argument(
+        "--blocks", type=int, help="partial: how many of the tower's last stages train (1)"
+    )
     train.add_argument("--activate", action="store_true", help="make the new version active")
     job = add("train-job", cmd_train_job, "Run a queued training run (the Train page starts it).")
     job.add_argument("run_id", type=int)

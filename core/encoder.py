@@ -24,7 +24,7 @@ import logging
 import socket
 import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,6 +281,25 @@ class Encoder:
         adapted = copy.copy(self)
         adapted.heads = tuple(head.eval() for head in heads)
         return adapted
+
+    def with_tower(self, states: Sequence[Mapping[str, torch.Tensor]]) -> Encoder:
+        """A copy whose image tower carries fine-tuned weights (a version in `partial` or
+        `full` mode): each state names tower parameters, later states win. This encoder is
+        left unchanged."""
+        model = copy.deepcopy(self.model)
+        own = model.visual.state_dict()
+        for state in states:
+            unknown = sorted(set(state) - set(own))
+            wrong = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
+            if unknown or wrong:
+                raise EncoderError(
+                    f"The fine-tuned tower weights do not fit {self.name}: "
+                    f"{', '.join([*unknown, *wrong][:3])}."
+                )
+            model.visual.load_state_dict(dict(state), strict=False)
+        tuned = copy.copy(self)
+        tuned.model = model.eval()
+        return tuned
 
     @property
     def name(self) -> str:

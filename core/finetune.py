@@ -33,9 +33,11 @@ from core.training import (
 )
 
 if TYPE_CHECKING:
+    from core.encoder import Encoder
     from core.studio import Studio
 
 HEAD_FILE = "head.safetensors"
+TOWER_FILE = "tower.safetensors"  # partial / full: the trained tower parameters
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,12 @@ class FineTuneReport:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def load_tower(base: Encoder, models_dir: Path, files: Sequence[str]) -> Encoder:
+    """`base` with a version's tower weights (safetensors files relative to `models_dir`, in
+    order), loaded without pickle."""
+    return base.with_tower([load_file(models_dir / name) for name in files])
 
 
 def load_heads(models_dir: Path, files: Sequence[str]) -> list[torch.nn.Module]:
@@ -83,12 +91,12 @@ def _tensors(pairs: TrainingPairs, row: dict[str, int]) -> PairTensors:
     )
 
 
-def _save_head(head: torch.nn.Module, target: Path) -> None:
-    """Write the weights atomically: a temporary file in the same folder, then a rename."""
+def _save_state(state: Mapping[str, torch.Tensor], target: Path) -> None:
+    """Write weights atomically: a temporary file in the same folder, then a rename."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False) as tmp:
         pass
-    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, tmp.name)
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp.name)
     Path(tmp.name).replace(target)
 
 
@@ -102,30 +110,34 @@ def feedback_pairs(studio: Studio, pair_settings: PairSettings) -> TrainingPairs
     return build_pairs(log, {r.id: r.label for r in records}, train_ids, pair_settings)
 
 
-def register_head(
+def register_version(
     studio: Studio,
-    head: torch.nn.Module,
+    weights: Mapping[str, Mapping[str, torch.Tensor]],
+    vectors: tuple[list[str], np.ndarray],
     settings: TrainSettings,
     history: History,
     card: Mapping[str, object],
     before: dict[str, float],
     activate: bool,
 ) -> tuple[str, dict[str, float]]:
-    """Save a trained head as a new version over the active one: weights, then the gallery's
-    vectors in a new collection, then the version row (removing what was written if any
-    step fails); evaluate it on `test`. Returns the version and its metrics."""
+    """Save a trained version over the active one: its weight files (`HEAD_FILE`, and
+    `TOWER_FILE` in the tower modes), then the gallery's (ids, (n, D) unit vectors) in a new
+    collection, then the version row, removing what was written if any step fails; evaluate
+    it on `test`. Returns the version and its metrics."""
     parent = studio.active_version()
-    ids, vectors = studio.index.get_embeddings(parent.version)
     version = _next_version(studio)
     folder = studio.settings.models_dir / version
+    chain = {"heads": HEAD_FILE, "tower": TOWER_FILE}  # card key -> file, parent's files first
     try:
-        _save_head(head, folder / HEAD_FILE)
-        with torch.no_grad():
-            moved = head(torch.from_numpy(np.ascontiguousarray(vectors)))
-        studio.index.upsert(version, ids, moved.numpy().astype(np.float32))
+        for name, state in weights.items():
+            _save_state(state, folder / name)
+        studio.index.upsert(version, vectors[0], vectors[1].astype(np.float32))
+        files = {
+            key: [*parent.card.get(key, []), *([f"{version}/{name}"] if name in weights else [])]
+            for key, name in chain.items()
+        }
         card = {
-            **card,
-            "heads": [*parent.card.get("heads", []), f"{version}/{HEAD_FILE}"],
+            **card, **{key: found for key, found in files.items() if found},
             "settings": asdict(settings), "seconds": history.seconds,
             "epochs_run": len(history.train_loss), "best_epoch": history.best_epoch,
             "train_loss": history.train_loss, "val_loss": history.val_loss,
@@ -142,6 +154,14 @@ def register_head(
     return version, after
 
 
+def head_vectors(studio: Studio, head: torch.nn.Module) -> tuple[list[str], np.ndarray]:
+    """The gallery under a new head: the head applied to the active version's vectors."""
+    ids, vectors = studio.index.get_embeddings(studio.active_version().version)
+    with torch.no_grad():
+        moved = head(torch.from_numpy(np.ascontiguousarray(vectors)))
+    return ids, moved.numpy()
+
+
 def fine_tune(
     studio: Studio,
     settings: TrainSettings,
@@ -150,7 +170,8 @@ def fine_tune(
     activate: bool = False,
     callbacks: Sequence[Callback] = (),
 ) -> FineTuneReport:
-    """Train a head on the active version's feedback; register, index and evaluate it."""
+    """Fine-tune the active version on its feedback in `settings.mode`; register, index and
+    evaluate the new version."""
     parent = studio.active_version()
     ids, vectors = studio.index.get_embeddings(parent.version)
     row = {image_id: n for n, image_id in enumerate(ids)}
@@ -160,10 +181,22 @@ def fine_tune(
     # Before anything is written: a test split that cannot be evaluated stops the run here,
     # not after the version is registered without its metrics.
     before = studio.evaluate(parent.version, split="test").metrics()
-    inputs = torch.from_numpy(np.ascontiguousarray(vectors))  # (n, D) frozen unit features
-    head = ResidualHead(inputs.shape[1])
-    history = fit(head, inputs, _tensors(pairs, row), settings, callbacks)
-    card = {"mode": settings.mode, "source": "feedback", "pairs": pairs.summary}
-    version, after = register_head(studio, head, settings, history, card, before, activate)
+    card: dict[str, object] = {"mode": settings.mode, "source": "feedback", "pairs": pairs.summary}
+    if settings.mode == "head":
+        inputs = torch.from_numpy(np.ascontiguousarray(vectors))  # (n, D) frozen unit features
+        head = ResidualHead(inputs.shape[1])
+        history = fit(head, inputs, _tensors(pairs, row), settings, callbacks)
+        weights = {HEAD_FILE: dict(head.state_dict())}
+        gallery = head_vectors(studio, head)
+    else:
+        from core.tower import tower_fit  # imports timm layers; the head mode does not need it
+
+        result = tower_fit(studio, ids, _tensors(pairs, row), settings, callbacks)
+        history, gallery = result.history, (ids, result.vectors)
+        weights = {TOWER_FILE: result.tower, HEAD_FILE: result.head}
+        card["cached"] = result.cached
+    version, after = register_version(
+        studio, weights, gallery, settings, history, card, before, activate
+    )
     return FineTuneReport(version, parent.version, len(pairs), history.seconds, before, after,
                           pairs.summary)  # fmt: skip

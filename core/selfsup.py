@@ -19,7 +19,7 @@ from torch import nn
 from torchvision import transforms
 
 from core.encoder import Encoder
-from core.finetune import FineTuneReport, register_head
+from core.finetune import HEAD_FILE, FineTuneReport, head_vectors, register_version
 from core.images import ImageError, load_image
 from core.ingest import Candidate, iter_candidates
 from core.training import Callback, PairTensors, ResidualHead, TrainingError, TrainSettings, fit
@@ -102,6 +102,8 @@ def self_supervised(
     """SimCLR-train a head for the active version on unlabelled `images`; a new version."""
     if len(images) < 4:
         raise TrainingError("Self-supervised training needs at least 4 readable images.")
+    if settings.mode != "head":
+        raise TrainingError("Self-supervised training trains the head mode only.")
     parent = studio.active_version()
     before = studio.evaluate(parent.version, split="test").metrics()
     encoder = studio.encoder(parent)
@@ -112,7 +114,10 @@ def self_supervised(
     model = nn.Sequential(head, Projector(encoder.dim))
     history = fit(model, AugmentedViews(encoder, images), pairs, settings, callbacks)
     card = {"mode": settings.mode, "source": "self-supervised", "images": len(images)}
-    version, after = register_head(studio, head, settings, history, card, before, activate)
+    version, after = register_version(
+        studio, {HEAD_FILE: dict(head.state_dict())}, head_vectors(studio, head), settings,
+        history, card, before, activate,
+    )  # fmt: skip
     summary = {"images": len(images), "train_loss": [round(x, 4) for x in history.train_loss]}
     return FineTuneReport(
         version, parent.version, len(images), history.seconds, before, after, summary

@@ -21,7 +21,7 @@ from core.config import Settings
 from core.demo import DEMO_EXTENSIONS, fetch_demo_stamps
 from core.encoder import Encoder, load_encoder
 from core.evaluation import Evaluation, QueryVectors, evaluate_version, evaluation_from_run
-from core.finetune import FineTuneReport, fine_tune, load_heads
+from core.finetune import FineTuneReport, fine_tune, load_heads, load_tower
 from core.images import IMAGE_EXTENSIONS, LoadedImage, load_image
 from core.index import Hit, VectorIndex
 from core.ingest import (
@@ -84,6 +84,7 @@ class Studio:
         index: VectorIndex | None = None,
         encoder_loader: Callable[[str], Encoder] = load_encoder,
         heads_loader: Callable[[Path, Sequence[str]], list[torch.nn.Module]] = load_heads,
+        tower_loader: Callable[[Encoder, Path, Sequence[str]], Encoder] = load_tower,
     ) -> None:
         self.settings = settings
         self.store = Store(settings.catalog_path)
@@ -91,6 +92,7 @@ class Studio:
         self.index = index if index is not None else VectorIndex.from_settings(settings)
         self._load_encoder = encoder_loader
         self._load_heads = heads_loader
+        self._load_tower = tower_loader
         self._encoders: dict[str, Encoder] = {}  # the CLI has no st.cache_resource: keep them
 
     def active_version(self) -> ModelVersion:
@@ -101,6 +103,8 @@ class Studio:
         version = version or self.active_version()
         if version.version not in self._encoders:
             base = self._load_encoder(version.encoder)
+            if towers := version.card.get("tower", []):  # partial / full: tuned tower weights
+                base = self._load_tower(base, self.settings.models_dir, towers)
             heads = version.card.get("heads", [])
             self._encoders[version.version] = (
                 base.with_heads(self._load_heads(self.settings.models_dir, heads))

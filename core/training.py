@@ -25,7 +25,14 @@ from torch import nn
 
 from core.losses import InfoNCELoss
 
-MODES = ("head",)
+MODES = ("head", "partial", "full")
+# Per-mode defaults (`TrainSettings.for_mode`): the tower modes move pretrained convolutions,
+# which wants a lower rate and fewer epochs than an adapter starting at zero (demo loop).
+MODE_DEFAULTS: dict[str, dict[str, float | int]] = {
+    "head": {},
+    "partial": {"lr": 3e-4, "epochs": 15},
+    "full": {"lr": 1e-4, "epochs": 5, "batch_size": 32},
+}
 
 
 class TrainingError(RuntimeError):
@@ -40,7 +47,8 @@ class TrainingCancelled(RuntimeError):
 class TrainSettings:
     """Hyper-parameters of one fine-tuning run."""
 
-    mode: str = "head"  # what is trained: an adapter on frozen features
+    mode: str = "head"  # head: an adapter on frozen features; partial: + the last blocks; full
+    blocks: int = 1  # partial: trunk stages (timm) or layer groups (open_clip lock) unfrozen
     epochs: int = 40  # upper bound; early stopping usually ends sooner
     batch_size: int = 64  # pairs per step
     lr: float = 1e-3  # AdamW peak learning rate (cosine decay to 0)
@@ -55,12 +63,22 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise TrainingError(f"Unknown mode {self.mode!r}; available: {', '.join(MODES)}.")
+        if self.blocks < 1:
+            raise TrainingError("blocks must be at least 1.")
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0 or self.temperature <= 0:
             raise TrainingError("epochs >= 1, batch_size >= 2, lr > 0 and temperature > 0.")
         if not 0 <= self.val_fraction < 1 or self.patience < 1:
             raise TrainingError("val_fraction must be in [0, 1) and patience >= 1.")
         if self.grad_clip <= 0 or self.weight_decay < 0 or self.collapse_std < 0:
             raise TrainingError("grad_clip > 0, weight_decay >= 0 and collapse_std >= 0.")
+
+    @classmethod
+    def for_mode(cls, mode: str = "head", **overrides: object) -> TrainSettings:
+        """The defaults of `mode` (`MODE_DEFAULTS`), then `overrides` (None values ignored)."""
+        if mode not in MODES:
+            raise TrainingError(f"Unknown mode {mode!r}; available: {', '.join(MODES)}.")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(mode=mode, **{**MODE_DEFAULTS[mode], **given})  # type: ignore[arg-type]
 
 
 @dataclass
@@ -160,9 +178,8 @@ def fit(
     started, history = time.perf_counter(), History()
     train, val = _split(pairs, settings.val_fraction, settings.seed)
     loss_fn = InfoNCELoss(temperature=settings.temperature, symmetric=True)
-    optimiser = torch.optim.AdamW(
-        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     steps = math.ceil(len(train) / settings.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=settings.epochs * steps)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -175,7 +192,7 @@ def fit(
             loss, outputs = _loss(model, features, batch, loss_fn)
             optimiser.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
             optimiser.step()
             schedule.step()
             losses.append(float(loss.detach()))

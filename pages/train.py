@@ -56,21 +56,29 @@ else:
     )
 
 st.subheader("Run")
+MODE_HELP = {
+    "head": "an adapter on the frozen encoder's features: seconds",
+    "partial": "the encoder's last stage and the adapter: about a minute on the demo gallery",
+    "full": "the whole image tower: minutes, and the most prone to overfit small feedback",
+}
+mode = st.radio(
+    "Mode", list(MODE_HELP), horizontal=True, format_func=lambda m: f"{m} · {MODE_HELP[m]}"
+)
+defaults = TrainSettings.for_mode(mode)
 with st.form("settings"):
-    left, middle, right = st.columns(3)
-    mode = left.selectbox("Mode", ["head"], help="head: an adapter on the frozen encoder (seconds)")
-    epochs = middle.slider("Epochs (upper bound; early stopping)", 5, 200, 40, step=5)
+    middle, right = st.columns(2)
+    epochs = middle.slider("Epochs (upper bound; early stopping)", 1, 200, defaults.epochs,
+                           key=f"epochs-{mode}")  # fmt: skip
     temperature = right.select_slider("Temperature", [0.05, 0.07, 0.1, 0.2, 0.5], value=0.2)
     start = st.form_submit_button("Start training", type="primary", disabled=len(pairs) < 2)
 if start:
     try:
         run = start_training(
-            studio.settings, TrainSettings(mode=mode, epochs=epochs, temperature=temperature)
+            studio.settings, TrainSettings.for_mode(mode, epochs=epochs, temperature=temperature)
         )
         st.toast(f"Training run {run.id} started")
     except StoreError as exc:
         st.error(str(exc))
-
 
 def show_run(run: TrainingRun) -> None:
     if run.live:

@@ -265,7 +265,8 @@ def test_fewer_than_two_pairs_is_a_training_error(n_pairs: int) -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        {"mode": "full"},
+        {"mode": "everything"},
+        {"blocks": 0},
         {"epochs": 0},
         {"batch_size": 1},
         {"lr": 0.0},
@@ -281,5 +282,18 @@ def test_bad_settings_are_a_training_error(bad: dict[str, Any]) -> None:
 
 
 def test_an_unknown_mode_names_the_available_ones() -> None:
-    with pytest.raises(TrainingError, match=r"'full'.*head"):
-        TrainSettings(mode="full")
+    with pytest.raises(TrainingError, match=r"'everything'.*head, partial, full"):
+        TrainSettings(mode="everything")
+    with pytest.raises(TrainingError, match=r"'everything'.*head, partial, full"):
+        TrainSettings.for_mode("everything")
+
+
+def test_mode_defaults_then_overrides_and_none_keeps_the_default() -> None:
+    partial = TrainSettings.for_mode("partial", epochs=None, temperature=0.1)
+    assert (partial.mode, partial.lr, partial.epochs, partial.temperature) == (
+        "partial",
+        3e-4,
+        15,
+        0.1,
+    )
+    assert TrainSettings.for_mode("head") == TrainSettings()

@@ -14,7 +14,7 @@ import torch
 
 from core.config import Settings, load_settings
 from core.encoder import Encoder, load_encoder
-from core.finetune import load_heads
+from core.finetune import load_heads, load_tower
 from core.index import VectorIndex
 from core.studio import Studio
 
@@ -28,6 +28,12 @@ def cached_encoder(name: str) -> Encoder:
 def cached_heads(models_dir: str, files: tuple[str, ...]) -> list[torch.nn.Module]:
     """A fine-tuned version's adapters, read once per server rather than on every rerun."""
     return load_heads(Path(models_dir), files)
+
+
+@st.cache_resource(show_spinner="Loading the fine-tuned encoder…")
+def cached_tower(name: str, models_dir: str, files: tuple[str, ...]) -> Encoder:
+    """A `partial` / `full` version's encoder (a copy of the base with its tower weights)."""
+    return load_tower(cached_encoder(name), Path(models_dir), files)
 
 
 @st.cache_resource(show_spinner=False)
@@ -44,4 +50,5 @@ def get_studio() -> Studio:
         index=cached_index(f"{settings.data_dir.resolve()}|{settings.index}", settings),
         encoder_loader=cached_encoder,
         heads_loader=lambda folder, files: cached_heads(str(folder), tuple(files)),
+        tower_loader=lambda base, folder, files: cached_tower(base.name, str(folder), tuple(files)),
     )

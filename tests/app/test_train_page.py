@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import core.jobs
 from core.jobs import run_training_job
 from core.simulate import simulate
+from core.store import TrainingRun
 from core.studio import Studio
+from core.training import TrainSettings
 
 
 @pytest.fixture
@@ -57,3 +61,23 @@ def test_no_feedback_disables_start(
     studio.ingest([make_gallery(per_label=3)], label_from_folders=True)
     at = train_page(app)
     assert any("No usable feedback" in i.value for i in at.info)
+
+
+def test_the_chosen_mode_sets_the_epoch_default_and_reaches_the_job(
+    app: Callable[[], AppTest], trained: Studio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[TrainSettings] = []
+
+    def fake_start(settings: object, train: TrainSettings) -> TrainingRun:
+        started.append(train)
+        return trained.store.training.queue("base", asdict(train))
+
+    monkeypatch.setattr(core.jobs, "start_training", fake_start)
+    at = train_page(app)
+    assert at.slider[0].value == TrainSettings().epochs  # head by default
+    at.radio[0].set_value("partial").run()
+    assert at.slider[0].value == TrainSettings.for_mode("partial").epochs
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.exception, at.exception
+    assert [s.mode for s in started] == ["partial"]
+    assert started[0] == TrainSettings.for_mode("partial")

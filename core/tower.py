@@ -1,0 +1,222 @@
+"""Fine-tuning inside the image tower: the `partial` and `full` modes.
+
+`split_tower` cuts a copy of an open_clip image tower into a frozen *prefix* (pixels -> an
+intermediate tensor, computed once per image and cached) and a trainable *suffix* (that tensor
+-> the tower's output), so that suffix(prefix(pixels)) equals the tower's own output:
+
+- `partial`, a timm trunk (the default `efficientnet-lite0`, `tiny-test`): the prefix is the
+  stem and every stage but the last `blocks`; the suffix is those stages, `conv_head`, `bn2`,
+  the pooling and open_clip's projection. Training runs only the suffix, on cached feature maps
+  (192 x 7 x 7 per image for the last stage of efficientnet-lite0), which is what makes it
+  affordable on two CPU cores.
+- `partial`, any other open_clip tower (a CLIP ViT): open_clip's own `lock`, leaving the last
+  `blocks` layer groups and the projection (its last group) trainable; the prefix is the
+  identity on preprocessed pixels, so every step runs the whole tower forward (slow on a CPU,
+  correct everywhere).
+- `full`: every parameter of the tower trains; the prefix is the identity on pixels.
+
+BatchNorm layers are frozen everywhere (statistics and affine: timm's `freeze_batch_norm_2d`):
+batches of a few dozen pairs are far too small to re-estimate them. Cached inputs are the
+evaluation preprocessing of each image, without augmentation.
+
+The weights a version stores are the suffix's trainable parameters under the tower's own
+parameter names (`trunk.blocks.6.0.conv_pw.weight`), so loading them is the tower's own
+`load_state_dict` (`Encoder.with_tower`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from timm.layers import freeze_batch_norm_2d
+from torch import nn
+
+from core.images import ImageError, load_image
+from core.training import (
+    Callback,
+    History,
+    PairTensors,
+    ResidualHead,
+    TrainingError,
+    TrainSettings,
+    fit,
+)
+
+if TYPE_CHECKING:
+    from core.encoder import Encoder
+    from core.studio import Studio
+
+TOWER_MODES = ("partial", "full")
+_TIMM_PARTS = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "forward_head")
+
+
+class _TimmSuffix(nn.Module):
+    """The last stages of a timm trunk and everything after them, on the tower's copy."""
+
+    def __init__(self, visual: nn.Module, start: int) -> None:
+        super().__init__()
+        self.visual = visual
+        self.start = start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) maps -> (B, D)
+        visual: Any = self.visual
+        trunk = visual.trunk
+        x = trunk.bn2(trunk.conv_head(trunk.blocks[self.start :](x)))
+        out: torch.Tensor = visual.head(trunk.forward_head(x))
+        return out
+
+
+class _WholeTower(nn.Module):
+    """The tower itself: pixels in."""
+
+    def __init__(self, visual: nn.Module) -> None:
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, D)
+        out: torch.Tensor = self.visual(x)
+        return out
+
+
+@dataclass
+class Tower:
+    """A split tower: `prefix` (frozen, no gradients) then `suffix` (trainable)."""
+
+    prefix: Callable[[torch.Tensor], torch.Tensor]
+    suffix: nn.Module
+    cached: str  # what the prefix outputs, for the card: "pixels" or "stage N input"
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The trained parameters under the tower's names, ready for safetensors."""
+        return {
+            name.removeprefix("visual."): param.detach().contiguous().clone()
+            for name, param in self.suffix.named_parameters()
+            if param.requires_grad
+        }
+
+
+def _is_timm_trunk(visual: nn.Module) -> bool:
+    trunk = getattr(visual, "trunk", None)
+    return trunk is not None and all(hasattr(trunk, part) for part in _TIMM_PARTS)
+
+
+def split_tower(visual: nn.Module, mode: str, blocks: int = 1) -> Tower:
+    """A trainable copy of `visual` cut for `mode` (module doc); `visual` is left unchanged."""
+    if mode not in TOWER_MODES:
+        raise TrainingError(f"Unknown tower mode {mode!r}; available: {', '.join(TOWER_MODES)}.")
+    if blocks < 1:
+        raise TrainingError("partial mode unfreezes at least one block.")
+    tower = freeze_batch_norm_2d(copy.deepcopy(visual)).train()
+    for param in tower.parameters():
+        param.requires_grad_(mode == "full")
+    if mode == "full":
+        return Tower(lambda pixels: pixels, _WholeTower(tower), "pixels")
+    if _is_timm_trunk(tower):
+        trunk: Any = tower.trunk
+        start = max(0, len(trunk.blocks) - blocks)
+        for part in (trunk.blocks[start:], trunk.conv_head, tower.head):
+            part.requires_grad_(True)
+
+        def prefix(pixels: torch.Tensor) -> torch.Tensor:  # the frozen stem and first stages
+            with torch.no_grad():
+                out: torch.Tensor = trunk.blocks[:start](trunk.bn1(trunk.conv_stem(pixels)))
+            return out
+
+        return Tower(prefix, _TimmSuffix(tower, start), f"stage {start} input")
+    lock = getattr(tower, "lock", None)
+    if lock is None:
+        raise TrainingError(
+            f"partial mode cannot split a {type(visual).__name__} tower; use head or full."
+        )
+    tower.requires_grad_(True)
+    lock(unlocked_groups=blocks + 1, freeze_bn_stats=True)  # open_clip's last group: the projection
+    return Tower(lambda pixels: pixels, _WholeTower(tower), "pixels")
+
+
+class TowerModel(nn.Module):
+    """What a tower mode trains: suffix -> unit vector -> the parent's heads (frozen) -> a new
+    `ResidualHead`. Its output is what the new version indexes."""
+
+    def __init__(self, suffix: nn.Module, parent_heads: Sequence[nn.Module], head: nn.Module):
+        super().__init__()
+        self.suffix = suffix
+        self.parent_heads = nn.ModuleList(parent_heads).requires_grad_(False)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # prefix outputs -> (B, D) unit vectors
+        features = nn.functional.normalize(self.suffix(x).float(), dim=-1)
+        for head in self.parent_heads:
+            features = head(features)
+        out: torch.Tensor = self.head(features)
+        return out
+
+
+@dataclass(frozen=True)
+class TowerResult:
+    """A trained tower version, not yet registered."""
+
+    tower: dict[str, torch.Tensor]  # trained tower parameters, the tower's names
+    head: dict[str, torch.Tensor]  # the new ResidualHead's weights
+    vectors: np.ndarray  # (n, D) unit vectors of the gallery, in the order of its ids
+    history: History
+    cached: str  # what was cached per image ("stage 6 input", "pixels")
+
+
+def _prefix_all(
+    studio: Studio, encoder: Encoder, tower: Tower, ids: Sequence[str], batch: int = 32
+) -> torch.Tensor:
+    """(n, ...) prefix outputs of the catalogued `ids`, in order. Every file is read before
+    anything trains: one that fails is a `TrainingError` naming it, not a version with holes."""
+    records = studio.store.get_images(list(ids))
+    chunks: list[torch.Tensor] = []
+    unreadable: list[str] = []
+    for start in range(0, len(ids), batch):
+        pixels = []
+        for image_id in ids[start : start + batch]:
+            try:
+                pixels.append(
+                    encoder.preprocess(load_image(studio.image_path(records[image_id])).image)
+                )
+            except (ImageError, KeyError, OSError):
+                unreadable.append(image_id)
+        if pixels and not unreadable:
+            chunks.append(tower.prefix(torch.stack(pixels)))
+    if unreadable:
+        named = ", ".join(f"{i[:12]}…" for i in unreadable[:3])
+        raise TrainingError(
+            f"{len(unreadable)} gallery image(s) can no longer be read ({named}); remove them "
+            "on the Gallery page or ingest them again, then train again."
+        )
+    return torch.cat(chunks)
+
+
+def tower_fit(
+    studio: Studio,
+    ids: Sequence[str],
+    pairs: PairTensors,
+    settings: TrainSettings,
+    callbacks: Sequence[Callback] = (),
+) -> TowerResult:
+    """Train the active version's tower in `settings.mode` on `pairs` (rows into `ids`, the
+    active version's gallery), then embed that gallery with it. The prefix runs once per image
+    and its outputs are kept for both (for `full` they are pixels: 0.6 MB per image at 224²)."""
+    encoder = studio.encoder()
+    tower = split_tower(encoder.model.visual, settings.mode, settings.blocks)
+    inputs = _prefix_all(studio, encoder, tower, ids)
+    model = TowerModel(tower.suffix, encoder.heads, ResidualHead(encoder.dim))
+    history = fit(model, inputs, pairs, settings, callbacks)
+    model.eval()
+    with torch.no_grad():
+        vectors = torch.cat([model(inputs[s : s + 64]) for s in range(0, len(inputs), 64)])
+    return TowerResult(
+        tower=tower.trainable_state(),
+        head={k: v.contiguous() for k, v in model.head.state_dict().items()},
+        vectors=vectors.numpy(),
+        history=history,
+        cached=tower.cached,
+    )
