@@ -53,13 +53,16 @@ unit: install
 bench: demo
 	$(PY) -m core bench
 
-## loop: the closed loop on a fresh data dir: baseline on test, simulate, fine-tune, compare
+## loop: the closed loop on a fresh data dir: baseline on test, simulate, fine-tune (head, then
+## partial, both from base), compare
 loop: install
 	rm -rf $(LOOP_DATA)
 	$(PY) -m core demo-data --data-dir $(LOOP_DATA)
 	$(PY) -m core evaluate --split test --data-dir $(LOOP_DATA)
 	$(PY) -m core simulate --queries 300 --seed 0 --data-dir $(LOOP_DATA)
-	$(PY) -m core train --from-feedback --data-dir $(LOOP_DATA)
+	$(PY) -m core train --from-feedback --mode head --data-dir $(LOOP_DATA)
+	$(PY) -m core train --from-feedback --mode partial --data-dir $(LOOP_DATA)
+	$(PY) -m core models --data-dir $(LOOP_DATA)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -113,18 +113,26 @@ def _version_row(version: Any) -> dict[str, Any]:
         "version": version.version,
         "active": version.active,
         "parent": version.parent,
+        "mode": version.card.get("mode"),
         "created_at": version.created_at,
         "metrics": version.card.get("metrics", {}),
     }
 
 
+def _version_line(row: dict[str, Any]) -> str:
+    """One `models` line: active mark, name, parent, mode and test metrics when trained."""
+    metrics = row["metrics"]
+    scores = f" test mAP {metrics['map']:.4f} MRR {metrics['mrr']:.4f}" if metrics else ""
+    mode = f" mode={row['mode']}" if row["mode"] else ""
+    return (
+        f"{'*' if row['active'] else ' '} {row['version']:<10} parent={row['parent']}{mode}"
+        f"{scores} {row['created_at']}"
+    )
+
+
 def cmd_models(studio: Any, args: argparse.Namespace) -> int:
     rows = [_version_row(v) for v in studio.store.list_model_versions()]
-    text = "\n".join(
-        f"{'*' if r['active'] else ' '} {r['version']:<10} parent={r['parent']} {r['created_at']}"
-        for r in rows
-    )
-    _emit(rows, args.json, text)
+    _emit(rows, args.json, "\n".join(_version_line(r) for r in rows))
     return 0
 
 

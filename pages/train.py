@@ -80,6 +80,7 @@ if start:
     except StoreError as exc:
         st.error(str(exc))
 
+
 def show_run(run: TrainingRun) -> None:
     if run.live:
         st.progress(run.fraction, text=run.describe())

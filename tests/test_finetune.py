@@ -248,3 +248,8 @@ def test_cli_train_reports_before_and_after_and_does_not_activate(fed: Studio) -
     assert rows["base"]["active"] is True and rows["ft-0001"]["active"] is False
     assert rows["ft-0001"]["parent"] == "base"
     assert rows["ft-0001"]["metrics"] == payload["metrics_after"]
+
+    text = run_cli(data, "models").stdout.splitlines()
+    assert text[0].startswith("* base") and "mode=" not in text[0]
+    expected = payload["metrics_after"]
+    assert f"mode=head test mAP {expected['map']:.4f} MRR {expected['mrr']:.4f}" in text[1]

@@ -23,6 +23,7 @@ from core.simulate import simulate
 from core.studio import Studio
 from core.tower import split_tower
 from core.training import TrainingCancelled, TrainingError, TrainSettings
+from tests.test_cli import run_cli, run_json
 from tests.test_finetune import CancelFirstStep, leftovers, vectors_by_id
 
 PER_LABEL = 8
@@ -184,3 +185,15 @@ def test_a_cancelled_partial_run_leaves_nothing(fed: Studio) -> None:
     with pytest.raises(TrainingCancelled):
         fed.train_from_feedback(TrainSettings.for_mode("partial"), callbacks=[CancelFirstStep()])
     assert leftovers(fed) == before
+
+
+def test_cli_train_partial_takes_the_mode_and_blocks(fed: Studio) -> None:
+    data = fed.settings.data_dir
+    result = run_cli(data, "train", "--from-feedback", "--mode", "partial", "--blocks", "2",
+                     "--epochs", "1", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    card = {row["version"]: row for row in run_json(data, "models")}["ft-0001"]
+    assert card["mode"] == "partial"
+    settings = fed.store.get_model_version("ft-0001").card["settings"]
+    assert (settings["mode"], settings["blocks"], settings["epochs"]) == ("partial", 2, 1)
+    assert settings["lr"] == TrainSettings.for_mode("partial").lr
