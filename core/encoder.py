@@ -344,6 +344,15 @@ class Encoder:
         return out
 
 
+def freeze_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` with every BatchNorm (timm's BatchNormAct too) frozen: statistics and affine
+    become buffers, whatever the train/eval mode (timm's `freeze_batch_norm_2d`)."""
+    from timm.layers import freeze_batch_norm_2d
+
+    frozen: torch.nn.Module = freeze_batch_norm_2d(module)
+    return frozen
+
+
 def load_encoder(name: str = DEFAULT_ENCODER, *, seed: int = 0) -> Encoder:
     """Build a registry encoder (or an open_clip ARCH/TAG pair) ready for `encode`.
 

@@ -34,6 +34,7 @@ from core.training import (
 
 if TYPE_CHECKING:
     from core.encoder import Encoder
+    from core.store import ModelVersion
     from core.studio import Studio
 
 HEAD_FILE = "head.safetensors"
@@ -112,6 +113,7 @@ def feedback_pairs(studio: Studio, pair_settings: PairSettings) -> TrainingPairs
 
 def register_version(
     studio: Studio,
+    parent: ModelVersion,
     weights: Mapping[str, Mapping[str, torch.Tensor]],
     vectors: tuple[list[str], np.ndarray],
     settings: TrainSettings,
@@ -120,11 +122,11 @@ def register_version(
     before: dict[str, float],
     activate: bool,
 ) -> tuple[str, dict[str, float]]:
-    """Save a trained version over the active one: its weight files (`HEAD_FILE`, and
+    """Save a version trained over `parent` (the version active when the run started, even if
+    another was activated since): its weight files (`HEAD_FILE`, and
     `TOWER_FILE` in the tower modes), then the gallery's (ids, (n, D) unit vectors) in a new
     collection, then the version row, removing what was written if any step fails; evaluate
     it on `test`. Returns the version and its metrics."""
-    parent = studio.active_version()
     version = _next_version(studio)
     folder = studio.settings.models_dir / version
     chain = {"heads": HEAD_FILE, "tower": TOWER_FILE}  # card key -> file, parent's files first
@@ -154,9 +156,11 @@ def register_version(
     return version, after
 
 
-def head_vectors(studio: Studio, head: torch.nn.Module) -> tuple[list[str], np.ndarray]:
-    """The gallery under a new head: the head applied to the active version's vectors."""
-    ids, vectors = studio.index.get_embeddings(studio.active_version().version)
+def head_vectors(
+    studio: Studio, parent: ModelVersion, head: torch.nn.Module
+) -> tuple[list[str], np.ndarray]:
+    """The gallery under a new head: the head applied to `parent`'s vectors."""
+    ids, vectors = studio.index.get_embeddings(parent.version)
     with torch.no_grad():
         moved = head(torch.from_numpy(np.ascontiguousarray(vectors)))
     return ids, moved.numpy()
@@ -187,16 +191,16 @@ def fine_tune(
         head = ResidualHead(inputs.shape[1])
         history = fit(head, inputs, _tensors(pairs, row), settings, callbacks)
         weights = {HEAD_FILE: dict(head.state_dict())}
-        gallery = head_vectors(studio, head)
+        gallery = head_vectors(studio, parent, head)
     else:
         from core.tower import tower_fit  # imports timm layers; the head mode does not need it
 
-        result = tower_fit(studio, ids, _tensors(pairs, row), settings, callbacks)
+        result = tower_fit(studio, parent, ids, _tensors(pairs, row), settings, callbacks)
         history, gallery = result.history, (ids, result.vectors)
         weights = {TOWER_FILE: result.tower, HEAD_FILE: result.head}
         card["cached"] = result.cached
     version, after = register_version(
-        studio, weights, gallery, settings, history, card, before, activate
+        studio, parent, weights, gallery, settings, history, card, before, activate
     )
     return FineTuneReport(version, parent.version, len(pairs), history.seconds, before, after,
                           pairs.summary)  # fmt: skip

@@ -19,15 +19,16 @@ Precedence per pair: explicit > click > hard negative, so a clicked result label
 similar is a negative and a skipped result labelled similar is a positive. Self pairs (an image
 shown for itself) are dropped.
 
-- **Transitive** (weight `label_weight`): "similar" is an equivalence on the demo's categories,
-  and people judge only what they were shown, so explicit positives (labels, grades) chain:
-  A ~ B and B ~ C make C a positive for A. The images joined by explicit positives (inside
-  `allowed`, edges taken both ways) form groups; each member gets up to `transitive` positives
-  among the other members it has no judgement with (either way round), chosen at random
-  (seeded). Clicks never
-  chain (they are noisy: one stray click would merge two categories), and an explicit or
-  hard negative for the pair stands. On the demo loop this roughly triples the positives and
-  was the largest single gain (README, "The closed loop").
+- **Transitive** (weight: the weaker of `label_weight` and `grade_weight`, the evidence it
+  chains): "similar" is an equivalence on the demo's categories, and people judge only what
+  they were shown, so explicit positives (labels, grades) chain: A ~ B and B ~ C make C a
+  positive for A. The images joined by explicit positives (inside `allowed`, edges taken both
+  ways) form groups; each member gets up to `transitive` positives among the other members it
+  has no judgement with (either way round), drawn at random (seeded). Clicks never chain (they
+  are noisy: one stray click would merge two categories), an explicit or hard negative for the
+  pair stands, and random negatives are never drawn from the anchor's group. On the demo loop
+  this roughly triples the positives and was the largest single gain (README, "The closed
+  loop").
 
 `build_pairs` keeps judgements whose two images are both in `allowed` (e.g. the train split;
 the rest are dropped and counted, so evaluation data never leaks into training), then:
@@ -230,27 +231,39 @@ def _groups(edges: pd.DataFrame) -> list[list[str]]:
     return [group for group in members.values() if len(group) > 1]
 
 
+def positive_groups(judged: pd.DataFrame) -> list[list[str]]:
+    """The groups explicit positives (labels, grades) in `judged` join, edges both ways."""
+    explicit = judged["source"].isin(["label", "grade"]) & (judged["relevance"] == "positive")
+    return _groups(judged[explicit])
+
+
 def transitive_positives(
-    judged: pd.DataFrame, settings: PairSettings, rng: np.random.Generator
+    judged: pd.DataFrame,
+    groups: list[list[str]],
+    settings: PairSettings,
+    rng: np.random.Generator,
 ) -> pd.DataFrame:
-    """Judgement rows (source "transitive") inferred through chains of explicit positives in
-    `judged`: up to `settings.transitive` per image, never for a pair judged already."""
-    explicit = judged[
-        (judged["relevance"] == "positive") & judged["source"].isin(["label", "grade"])
-    ]
-    if settings.transitive == 0 or explicit.empty:
-        return _verdicts(judged.iloc[:0], "positive", "transitive", settings.label_weight)
-    pairs = zip(judged["query_image_id"], judged["displayed_image_id"], strict=True)
-    known = {frozenset(pair) for pair in pairs}  # judged either way round
-    anchors, inferred = [], []
-    for group in _groups(explicit):
+    """Judgement rows (source "transitive") inside the `groups` of explicit positives: up to
+    `settings.transitive` per image, never for a pair judged already (either way round).
+    Their weight is the weaker of the label and grade weights, the evidence they chain."""
+    weight = min(settings.label_weight, settings.grade_weight)
+    partners: dict[str, set[str]] = {}
+    for a, b in zip(judged["query_image_id"], judged["displayed_image_id"], strict=True):
+        partners.setdefault(str(a), set()).add(str(b))
+        partners.setdefault(str(b), set()).add(str(a))
+    anchors: list[str] = []
+    inferred: list[str] = []
+    for group in groups if settings.transitive else []:
         for anchor in group:
-            open_ = [b for b in group if b != anchor and frozenset((anchor, b)) not in known]
-            for b in rng.permutation(np.array(open_, dtype=object))[: settings.transitive]:
-                anchors.append(anchor)
-                inferred.append(str(b))
+            taken = partners.get(anchor, set())
+            # enough draws to find `transitive` open members even if every judged one comes up
+            size = min(len(group), settings.transitive + 1 + len(taken))
+            draws = (group[i] for i in rng.choice(len(group), size=size, replace=False))
+            found = [b for b in draws if b != anchor and b not in taken][: settings.transitive]
+            anchors.extend([anchor] * len(found))
+            inferred.extend(found)
     keys = pd.DataFrame({"query_image_id": anchors, "displayed_image_id": inferred})
-    return _verdicts(keys, "positive", "transitive", settings.label_weight)
+    return _verdicts(keys, "positive", "transitive", weight)
 
 
 def _counts(values: pd.Series, keys: Collection[str] = ()) -> dict[str, int]:
@@ -352,8 +365,11 @@ def _negatives(
     population: pd.DataFrame,
     settings: PairSettings,
     rng: np.random.Generator,
+    linked: Mapping[str, Collection[str]],
 ) -> tuple[list[list[str]], list[str]]:
-    """(P, N) negatives for the sorted `pairs`, and the source of every slot, row-major."""
+    """(P, N) negatives for the sorted `pairs`, and the source of every slot, row-major.
+    Random ones never come from the anchor's `linked` images (its group of explicit
+    positives: similar by the same chaining)."""
     n = settings.random_negatives
     ids, codes = population["id"].to_numpy(), population["code"].to_numpy()
     rows: list[list[str]] = []
@@ -363,7 +379,8 @@ def _negatives(
         explicit = mine[mine["relevance"] == "negative"]
         explicit = explicit.iloc[rng.permutation(len(explicit))]
         held = list(zip(explicit["displayed_image_id"], explicit["source"], strict=True))
-        groups = _label_groups(ids, codes, {str(anchor), *mine["displayed_image_id"]})
+        excluded = {str(anchor), *mine["displayed_image_id"], *linked.get(str(anchor), ())}
+        groups = _label_groups(ids, codes, excluded)
         for k in range(len(group)):
             chosen = [held[(k * n + i) % len(held)] for i in range(min(n, len(held)))]
             if len(chosen) < n and not groups:
@@ -437,8 +454,10 @@ def build_pairs(
     rebalance_seed, negative_seed, chain_seed = np.random.SeedSequence(settings.seed).spawn(3)
     all_judged = judgements(log, settings)
     judged, dropped = _split_allowed(all_judged, allowed)
-    inferred = transitive_positives(judged, settings, np.random.default_rng(chain_seed))
+    groups = positive_groups(judged) if settings.transitive else []
+    inferred = transitive_positives(judged, groups, settings, np.random.default_rng(chain_seed))
     judged = pd.concat([judged, inferred], ignore_index=True).sort_values(_PAIR, kind="stable")
+    linked = {image: group for group in groups for image in group}
     positives = judged[judged["relevance"] == "positive"].reset_index(drop=True)
     positives = positives.assign(
         label=pd.Series(
@@ -448,7 +467,7 @@ def build_pairs(
     pairs, rebalanced = _rebalance(positives, settings, np.random.default_rng(rebalance_seed))
     population = _population(allowed, labels)
     negatives = _negatives(
-        pairs, judged, population, settings, np.random.default_rng(negative_seed)
+        pairs, judged, population, settings, np.random.default_rng(negative_seed), linked
     )
     label_of = dict(zip(population["id"], population["label"], strict=True))
     summary: dict[str, object] = {

@@ -115,8 +115,8 @@ def self_supervised(
     history = fit(model, AugmentedViews(encoder, images), pairs, settings, callbacks)
     card = {"mode": settings.mode, "source": "self-supervised", "images": len(images)}
     version, after = register_version(
-        studio, {HEAD_FILE: dict(head.state_dict())}, head_vectors(studio, head), settings,
-        history, card, before, activate,
+        studio, parent, {HEAD_FILE: dict(head.state_dict())}, head_vectors(studio, parent, head),
+        settings, history, card, before, activate,
     )  # fmt: skip
     summary = {"images": len(images), "train_loss": [round(x, 4) for x in history.train_loss]}
     return FineTuneReport(

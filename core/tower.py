@@ -15,7 +15,7 @@ intermediate tensor, computed once per image and cached) and a trainable *suffix
   correct everywhere).
 - `full`: every parameter of the tower trains; the prefix is the identity on pixels.
 
-BatchNorm layers are frozen everywhere (statistics and affine: timm's `freeze_batch_norm_2d`):
+BatchNorm layers are frozen everywhere (statistics and affine: `encoder.freeze_batch_norm`):
 batches of a few dozen pairs are far too small to re-estimate them. Cached inputs are the
 evaluation preprocessing of each image, without augmentation.
 
@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
+from core.encoder import freeze_batch_norm
 from core.images import ImageError, load_image
 from core.training import (
     Callback,
@@ -49,6 +49,7 @@ from core.training import (
 
 if TYPE_CHECKING:
     from core.encoder import Encoder
+    from core.store import ModelVersion
     from core.studio import Studio
 
 TOWER_MODES = ("partial", "full")
@@ -111,14 +112,19 @@ def split_tower(visual: nn.Module, mode: str, blocks: int = 1) -> Tower:
         raise TrainingError(f"Unknown tower mode {mode!r}; available: {', '.join(TOWER_MODES)}.")
     if blocks < 1:
         raise TrainingError("partial mode unfreezes at least one block.")
-    tower = freeze_batch_norm_2d(copy.deepcopy(visual)).train()
+    tower = freeze_batch_norm(copy.deepcopy(visual)).train()
     for param in tower.parameters():
         param.requires_grad_(mode == "full")
     if mode == "full":
         return Tower(lambda pixels: pixels, _WholeTower(tower), "pixels")
     if _is_timm_trunk(tower):
         trunk: Any = tower.trunk
-        start = max(0, len(trunk.blocks) - blocks)
+        if blocks > len(trunk.blocks):
+            raise TrainingError(
+                f"partial mode can unfreeze at most the {len(trunk.blocks)} stages of this "
+                "tower; use full for all of it."
+            )
+        start = len(trunk.blocks) - blocks
         for part in (trunk.blocks[start:], trunk.conv_head, tower.head):
             part.requires_grad_(True)
 
@@ -134,7 +140,14 @@ def split_tower(visual: nn.Module, mode: str, blocks: int = 1) -> Tower:
             f"partial mode cannot split a {type(visual).__name__} tower; use head or full."
         )
     tower.requires_grad_(True)
-    lock(unlocked_groups=blocks + 1, freeze_bn_stats=True)  # open_clip's last group: the projection
+    try:  # open_clip's ViT counts the projection as its last group; some towers cannot lock
+        lock(unlocked_groups=blocks + 1, freeze_bn_stats=True)
+    except (AssertionError, RuntimeError, NotImplementedError) as exc:
+        raise TrainingError(
+            f"partial mode cannot lock part of a {type(visual).__name__} tower; use head or full."
+        ) from exc
+    if not any(p.requires_grad for p in tower.parameters()):
+        raise TrainingError(f"partial mode left nothing of the {type(visual).__name__} to train.")
     return Tower(lambda pixels: pixels, _WholeTower(tower), "pixels")
 
 
@@ -170,8 +183,10 @@ class TowerResult:
 def _prefix_all(
     studio: Studio, encoder: Encoder, tower: Tower, ids: Sequence[str], batch: int = 32
 ) -> torch.Tensor:
-    """(n, ...) prefix outputs of the catalogued `ids`, in order. Every file is read before
-    anything trains: one that fails is a `TrainingError` naming it, not a version with holes."""
+    """(n, ...) prefix outputs of the catalogued `ids`, in order (pixels, 0.6 MB per image at
+    224², when the prefix is the identity: `full`, and `partial` on a non-timm tower). Every
+    file is read before anything trains: one that fails is a `TrainingError` naming it, not a
+    version with holes."""
     records = studio.store.get_images(list(ids))
     chunks: list[torch.Tensor] = []
     unreadable: list[str] = []
@@ -197,15 +212,16 @@ def _prefix_all(
 
 def tower_fit(
     studio: Studio,
+    parent: ModelVersion,
     ids: Sequence[str],
     pairs: PairTensors,
     settings: TrainSettings,
     callbacks: Sequence[Callback] = (),
 ) -> TowerResult:
-    """Train the active version's tower in `settings.mode` on `pairs` (rows into `ids`, the
-    active version's gallery), then embed that gallery with it. The prefix runs once per image
+    """Train `parent`'s tower in `settings.mode` on `pairs` (rows into `ids`, `parent`'s
+    gallery), then embed that gallery with it. The prefix runs once per image
     and its outputs are kept for both (for `full` they are pixels: 0.6 MB per image at 224²)."""
-    encoder = studio.encoder()
+    encoder = studio.encoder(parent)
     tower = split_tower(encoder.model.visual, settings.mode, settings.blocks)
     inputs = _prefix_all(studio, encoder, tower, ids)
     model = TowerModel(tower.suffix, encoder.heads, ResidualHead(encoder.dim))

@@ -142,6 +142,24 @@ def _loss(
     return loss_fn(anchors, positives, negatives, batch.weights), anchors
 
 
+def _validation_loss(
+    model: nn.Module,
+    features: Features,
+    val: PairTensors | None,
+    loss_fn: InfoNCELoss,
+    batch_size: int,
+) -> float | None:
+    """The validation slice's loss in training-sized batches (a whole tower on pixels would
+    not fit one pass), averaged by batch size; None without a slice."""
+    if val is None:
+        return None
+    total = 0.0
+    for start in range(0, len(val), batch_size):
+        batch = val.take(torch.arange(start, min(start + batch_size, len(val))))
+        total += float(_loss(model, features, batch, loss_fn)[0]) * len(batch)
+    return total / len(val)
+
+
 def _split(
     pairs: PairTensors, fraction: float, seed: int
 ) -> tuple[PairTensors, PairTensors | None]:
@@ -201,7 +219,7 @@ def fit(
                 callback.on_step(epoch, step + 1, steps, losses[-1])
         model.eval()
         with torch.no_grad():
-            val_loss = float(_loss(model, features, val, loss_fn)[0]) if val is not None else None
+            val_loss = _validation_loss(model, features, val, loss_fn, settings.batch_size)
         history.train_loss.append(float(np.mean(losses)))
         history.val_loss.append(val_loss if val_loss is not None else history.train_loss[-1])
         for callback in callbacks:

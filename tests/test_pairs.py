@@ -349,3 +349,22 @@ def test_transitive_pairs_are_capped_per_image_and_stay_inside_the_allowed_set()
     assert "p6" not in {*pairs.anchors, *pairs.positives}
     again = build_pairs(log.frame(), {}, allowed, settings)
     assert (again.anchors, again.positives) == (pairs.anchors, pairs.positives)  # seeded
+
+
+def test_random_negatives_never_come_from_the_anchors_group_and_chains_weigh_the_weaker() -> None:
+    # A chain of 8 labelled-similar images and 3 others: with transitive=1 most of an anchor's
+    # group stays unpaired, yet no random negative may come from it; only o1..o3 can.
+    log = Log()
+    for k in range(7):
+        log.search(k, f"g{k}", [f"g{k + 1}"]).act(k, f"g{k + 1}", "similar")
+    log.search(7, "g7", ["g0"]).act(7, "g0", "grade", 3)  # a grade closes the ring
+    allowed = [f"g{k}" for k in range(8)] + ["o1", "o2", "o3"]
+    settings = PairSettings(random_negatives=3, transitive=1, max_per_label=100, grade_weight=0.8)
+    pairs = build_pairs(log.frame(), {}, allowed, settings)
+    assert {i for row in pairs.negatives for i in row} == {"o1", "o2", "o3"}
+    inferred = [
+        w
+        for a, p, w in zip(pairs.anchors, pairs.positives, pairs.weights, strict=True)
+        if abs(int(a[1]) - int(p[1])) not in (1, 7)
+    ]
+    assert len(inferred) == 8 and set(inferred) == {0.8}  # one per image, the weaker weight

@@ -117,11 +117,22 @@ def test_a_clip_vit_tower_is_split_with_open_clips_own_lock() -> None:
     )
 
 
-def test_a_tower_that_cannot_be_split_is_a_clear_error() -> None:
+class UnlockableTower(nn.Linear):
+    """Like open_clip's ModifiedResNet: a lock() that refuses partial unlocking."""
+
+    def lock(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
+        assert unlocked_groups == 0, "partial locking not supported"
+
+
+def test_a_tower_that_cannot_be_split_is_a_clear_error(tiny_encoder: Encoder) -> None:
     with pytest.raises(TrainingError, match="cannot split a Linear tower"):
         split_tower(nn.Linear(4, 4), "partial")
+    with pytest.raises(TrainingError, match="cannot lock part of a UnlockableTower"):
+        split_tower(UnlockableTower(4, 4), "partial")
     with pytest.raises(TrainingError, match="Unknown tower mode"):
         split_tower(nn.Linear(4, 4), "head")
+    with pytest.raises(TrainingError, match="at most the 5 stages"):
+        split_tower(tiny_encoder.model.visual, "partial", blocks=6)
 
 
 def test_tower_weights_that_do_not_fit_are_refused(tiny_encoder: Encoder) -> None:
@@ -197,3 +208,45 @@ def test_cli_train_partial_takes_the_mode_and_blocks(fed: Studio) -> None:
     settings = fed.store.get_model_version("ft-0001").card["settings"]
     assert (settings["mode"], settings["blocks"], settings["epochs"]) == ("partial", 2, 1)
     assert settings["lr"] == TrainSettings.for_mode("partial").lr
+
+
+def test_a_tower_version_on_a_tower_version_chains_both_towers(fed: Studio) -> None:
+    settings = TrainSettings.for_mode("partial", epochs=1, lr=1e-2)
+    fed.train_from_feedback(settings, activate=True)
+    second = fed.train_from_feedback(settings)
+    version = fed.store.get_model_version(second.version)
+    assert version.card["tower"] == [f"ft-0001/{TOWER_FILE}", f"ft-0002/{TOWER_FILE}"]
+    sample = fed.store.list_images()[:4]
+    images = [load_image(fed.image_path(r)).image for r in sample]
+    np.testing.assert_allclose(fed.encoder(version).encode(images),
+                               vectors_by_id(fed, "ft-0002", [r.id for r in sample]),
+                               atol=1e-4)  # fmt: skip
+
+
+class ActivateMidRun:
+    """Someone activates another version while the run trains."""
+
+    def __init__(self, studio: Studio, version: str) -> None:
+        self.studio, self.version = studio, version
+
+    def on_step(self, epoch: int, step: int, steps: int, loss: float) -> None:
+        self.studio.store.activate(self.version)
+
+    def on_epoch(self, epoch: int, train_loss: float, val_loss: float | None) -> None:
+        return None
+
+
+def test_activating_another_version_mid_run_does_not_change_the_new_versions_parent(
+    fed: Studio,
+) -> None:
+    fed.train_from_feedback(TrainSettings(epochs=1, lr=1e-2))  # ft-0001, a head, inactive
+    settings = TrainSettings.for_mode("partial", epochs=1)
+    report = fed.train_from_feedback(settings, callbacks=[ActivateMidRun(fed, "ft-0001")])
+    version = fed.store.get_model_version(report.version)
+    assert (report.parent, version.parent) == ("base", "base")
+    assert version.card["heads"] == [f"{report.version}/{HEAD_FILE}"]  # not ft-0001's
+    sample = fed.store.list_images()[:4]
+    images = [load_image(fed.image_path(r)).image for r in sample]
+    np.testing.assert_allclose(fed.encoder(version).encode(images),
+                               vectors_by_id(fed, report.version, [r.id for r in sample]),
+                               atol=1e-4)  # fmt: skip

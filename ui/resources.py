@@ -30,7 +30,7 @@ def cached_heads(models_dir: str, files: tuple[str, ...]) -> list[torch.nn.Modul
     return load_heads(Path(models_dir), files)
 
 
-@st.cache_resource(show_spinner="Loading the fine-tuned encoder…")
+@st.cache_resource(show_spinner="Loading the fine-tuned encoder…", max_entries=4)
 def cached_tower(name: str, models_dir: str, files: tuple[str, ...]) -> Encoder:
     """A `partial` / `full` version's encoder (a copy of the base with its tower weights)."""
     return load_tower(cached_encoder(name), Path(models_dir), files)
