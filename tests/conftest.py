@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,3 +99,28 @@ def demo_stamps() -> Path:
             pytest.fail("CI must fetch the demo gallery first (make demo).")
         pytest.skip("the demo stamps are not fetched (run `make demo`)")
     return stamps
+
+
+FED_PER_LABEL = 8  # the `fed` gallery: 4 labels x 8 images, about half of them train
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: thread hand-offs cost more than they save on a loaded machine (training
+    tests use it with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fed(studio: Studio, make_gallery: Callable[..., Path]) -> Studio:
+    """A labelled gallery and 40 simulated searches' worth of clicks and labels."""
+    from core.simulate import simulate
+
+    studio.ingest([make_gallery(per_label=FED_PER_LABEL)], label_from_folders=True)
+    simulate(studio, n_queries=40, seed=0, k=5)
+    return studio

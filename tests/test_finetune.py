@@ -10,7 +10,7 @@ index and the models folder directly.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +23,13 @@ import core.training
 from core.evaluation import EvaluationError
 from core.finetune import HEAD_FILE, FineTuneReport, load_heads
 from core.images import load_image
-from core.simulate import simulate
 from core.studio import Studio
 from core.training import ResidualHead, TrainingCancelled, TrainingError, TrainSettings
-from tests.conftest import GALLERY_LABELS
+from tests.conftest import FED_PER_LABEL, GALLERY_LABELS
 from tests.test_cli import run_cli, run_json
 from tests.test_evaluation import reference_metrics
 
-PER_LABEL = 8  # 4 labels x 8 images, about half of them train
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: thread hand-offs cost more than they save on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def fed(studio: Studio, make_gallery: Callable[..., Path]) -> Studio:
-    """A labelled gallery and 40 simulated searches' worth of clicks and labels."""
-    studio.ingest([make_gallery(per_label=PER_LABEL)], label_from_folders=True)
-    simulate(studio, n_queries=40, seed=0, k=5)
-    return studio
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_head(vectors: np.ndarray, head_file: Path) -> np.ndarray:
@@ -100,7 +82,7 @@ def test_fine_tune_writes_an_inactive_indexed_evaluated_version(fed: Studio) -> 
 
     # one vector per gallery image, each the head applied to the parent's vector
     gallery = sorted(r.id for r in fed.store.list_images())
-    assert base_ids == gallery and len(gallery) == 4 * PER_LABEL
+    assert base_ids == gallery and len(gallery) == 4 * FED_PER_LABEL
     head_file = fed.settings.models_dir / "ft-0001" / HEAD_FILE
     assert head_file.is_file() and tmp_files(fed) == []
     new = vectors_by_id(fed, "ft-0001", gallery)

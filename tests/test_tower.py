@@ -6,9 +6,6 @@ cancelled run leaving nothing behind.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -19,29 +16,13 @@ from torch import nn
 from core.encoder import Encoder, EncoderError
 from core.finetune import HEAD_FILE, TOWER_FILE
 from core.images import load_image
-from core.simulate import simulate
 from core.studio import Studio
 from core.tower import split_tower
 from core.training import TrainingCancelled, TrainingError, TrainSettings
 from tests.test_cli import run_cli, run_json
 from tests.test_finetune import CancelFirstStep, leftovers, vectors_by_id
 
-PER_LABEL = 8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def fed(studio: Studio, make_gallery: Callable[..., Path]) -> Studio:
-    studio.ingest([make_gallery(per_label=PER_LABEL)], label_from_folders=True)
-    simulate(studio, n_queries=40, seed=0, k=5)
-    return studio
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pixels(encoder: Encoder, n: int = 3) -> torch.Tensor:
