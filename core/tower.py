@@ -158,7 +158,8 @@ class TowerModel(nn.Module):
     def __init__(self, suffix: nn.Module, parent_heads: Sequence[nn.Module], head: nn.Module):
         super().__init__()
         self.suffix = suffix
-        self.parent_heads = nn.ModuleList(parent_heads).requires_grad_(False)
+        # copies: the parent's heads are shared with cached encoders, and train() flips them
+        self.parent_heads = nn.ModuleList(copy.deepcopy(list(parent_heads))).requires_grad_(False)
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # prefix outputs -> (B, D) unit vectors
@@ -194,9 +195,9 @@ def _prefix_all(
         pixels = []
         for image_id in ids[start : start + batch]:
             try:
-                pixels.append(
-                    encoder.preprocess(load_image(studio.image_path(records[image_id])).image)
-                )
+                path = studio.image_path(records[image_id])
+                image = load_image(path, limits=studio.settings.images).image
+                pixels.append(encoder.preprocess(image))
             except (ImageError, KeyError, OSError):
                 unreadable.append(image_id)
         if pixels and not unreadable:
@@ -219,8 +220,8 @@ def tower_fit(
     callbacks: Sequence[Callback] = (),
 ) -> TowerResult:
     """Train `parent`'s tower in `settings.mode` on `pairs` (rows into `ids`, `parent`'s
-    gallery), then embed that gallery with it. The prefix runs once per image
-    and its outputs are kept for both (for `full` they are pixels: 0.6 MB per image at 224²)."""
+    gallery), then embed that gallery with it. The prefix runs once per image and its outputs
+    are kept for both."""
     encoder = studio.encoder(parent)
     tower = split_tower(encoder.model.visual, settings.mode, settings.blocks)
     inputs = _prefix_all(studio, encoder, tower, ids)
