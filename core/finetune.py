@@ -157,10 +157,9 @@ def register_version(
 
 
 def head_vectors(
-    studio: Studio, parent: ModelVersion, head: torch.nn.Module
+    head: torch.nn.Module, ids: list[str], vectors: np.ndarray
 ) -> tuple[list[str], np.ndarray]:
-    """The gallery under a new head: the head applied to `parent`'s vectors."""
-    ids, vectors = studio.index.get_embeddings(parent.version)
+    """The gallery under a new head: the head applied to its parent's (n, D) vectors."""
     with torch.no_grad():
         moved = head(torch.from_numpy(np.ascontiguousarray(vectors)))
     return ids, moved.numpy()
@@ -191,7 +190,7 @@ def fine_tune(
         head = ResidualHead(inputs.shape[1])
         history = fit(head, inputs, _tensors(pairs, row), settings, callbacks)
         weights = {HEAD_FILE: dict(head.state_dict())}
-        gallery = head_vectors(studio, parent, head)
+        gallery = head_vectors(head, ids, vectors)  # the parent's vectors, read once above
     else:
         from core.tower import tower_fit  # imports timm layers; the head mode does not need it
 

@@ -253,7 +253,7 @@ def transitive_positives(
         partners.setdefault(str(b), set()).add(str(a))
     anchors: list[str] = []
     inferred: list[str] = []
-    for group in groups if settings.transitive else []:
+    for group in groups:  # none when chaining is off (build_pairs)
         for anchor in group:
             taken = partners.get(anchor, set())
             # enough draws to find `transitive` open members even if every judged one comes up

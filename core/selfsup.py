@@ -114,9 +114,10 @@ def self_supervised(
     model = nn.Sequential(head, Projector(encoder.dim))
     history = fit(model, AugmentedViews(encoder, images), pairs, settings, callbacks)
     card = {"mode": settings.mode, "source": "self-supervised", "images": len(images)}
+    gallery = head_vectors(head, *studio.index.get_embeddings(parent.version))
     version, after = register_version(
-        studio, parent, {HEAD_FILE: dict(head.state_dict())}, head_vectors(studio, parent, head),
-        settings, history, card, before, activate,
+        studio, parent, {HEAD_FILE: dict(head.state_dict())}, gallery, settings, history, card,
+        before, activate,
     )  # fmt: skip
     summary = {"images": len(images), "train_loss": [round(x, 4) for x in history.train_loss]}
     return FineTuneReport(
