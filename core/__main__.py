@@ -178,7 +178,9 @@ class _EpochPrinter:
 def cmd_train(studio: Any, args: argparse.Namespace) -> int:
     from core.training import TrainSettings
 
-    settings = TrainSettings.for_mode(args.mode, epochs=args.epochs, blocks=args.blocks)
+    settings = TrainSettings.for_mode(
+        args.mode, epochs=args.epochs, blocks=args.blocks, taps=False if args.no_taps else None
+    )
     if args.images:  # self-supervised: no labels, two augmented views per image
         from core.selfsup import load_folder, self_supervised
 
@@ -315,14 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         choices=("head", "partial", "full"),  # core.training.MODES (not imported: torch)
         default="head",
-        help="head: an adapter on the frozen encoder's features (seconds); partial: the last "
-        "blocks of the image tower too (about a minute on the demo); full: the whole tower",
+        help="head: an adapter on the frozen encoder's features and stage taps (about half a "
+        "minute on the demo); partial: the last blocks of the image tower too (about a minute); "
+        "full: the whole tower",
     )
     train.add_argument(
         "--epochs", type=int, help="upper bound, early stopping (default: per mode, 40 for head)"
     )
     train.add_argument(
         "--blocks", type=int, help="partial: how many of the tower's last stages train (1)"
+    )
+    train.add_argument(
+        "--no-taps",
+        action="store_true",
+        help="the new head reads the embedding alone, not the tower's stage outputs too",
     )
     train.add_argument("--activate", action="store_true", help="make the new version active")
     job = add("train-job", cmd_train_job, "Run a queued training run (the Train page starts it).")

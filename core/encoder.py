@@ -311,13 +311,23 @@ class Encoder:
         with torch.inference_mode():
             return int(self.model.encode_image(torch.zeros(1, 3, *size)).shape[1])
 
+    def tapped(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) preprocessed pixels -> the tower's (B, d) raw features and its (B, t)
+        stage taps (`StageTaps`; t = 0 for towers without stages)."""
+        with StageTaps(stage_modules(self.model.visual)) as taps:
+            features: torch.Tensor = self.model.encode_image(batch)
+        return features, taps.tensor(len(batch))
+
     def features(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) preprocessed pixels -> (B, d) raw image features (gradients allowed)."""
-        features: torch.Tensor = self.model.encode_image(batch)
-        if self.heads:  # heads were trained on the unit vectors the base version indexes
-            features = torch.nn.functional.normalize(features.float(), dim=-1)
-            for head in self.heads:
-                features = head(features)
+        if not self.heads:
+            features: torch.Tensor = self.model.encode_image(batch)
+            return features
+        # heads were trained on the unit vectors the parent indexes, and the tower's taps
+        features, taps = self.tapped(batch)
+        features = torch.nn.functional.normalize(features.float(), dim=-1)
+        for head in self.heads:
+            features = head(torch.cat([features, taps], dim=1) if head_taps(head) else features)
         return features
 
     def encode(
@@ -342,6 +352,59 @@ class Encoder:
                 if progress is not None:
                     progress(start + len(chunk), len(images))
         return out
+
+
+def stage_modules(visual: torch.nn.Module) -> list[torch.nn.Module]:
+    """The stages whose outputs are tapped: a timm trunk's `blocks`, in order; none for other
+    towers (a ViT's heads then read its embedding alone)."""
+    trunk = getattr(visual, "trunk", None)
+    blocks = getattr(trunk, "blocks", None)
+    return list(blocks) if isinstance(blocks, torch.nn.Sequential) else []
+
+
+def head_taps(head: torch.nn.Module) -> int:
+    """How many tap columns a head reads after the embedding (0: the embedding alone)."""
+    return int(getattr(head, "taps", 0))
+
+
+class StageTaps:
+    """Forward hooks that keep each stage's output, average-pooled and L2-normalised, while a
+    forward pass runs inside the `with` block; `tensor()` concatenates them in stage order.
+
+    Early stages see colour, stroke and texture, which the pooled last layer averages away; a
+    `head` that reads them beside the embedding ranks the demo's fine-grained categories
+    better (README, "The closed loop"). Gradients flow through the taps.
+    """
+
+    def __init__(self, modules: Sequence[torch.nn.Module]) -> None:
+        self.modules = list(modules)
+        self.outputs: dict[int, torch.Tensor] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> StageTaps:
+        for n, module in enumerate(self.modules):
+            self._handles.append(module.register_forward_hook(self._keeper(n)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _keeper(self, n: int) -> Callable[..., None]:
+        def keep(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
+            pooled = output.float().mean(dim=tuple(range(2, output.dim())))  # (B, C)
+            self.outputs[n] = torch.nn.functional.normalize(pooled, dim=-1)
+
+        return keep
+
+    def tensor(self, batch: int) -> torch.Tensor:
+        """(B, t): every stage's pooled unit vector, in order; (B, 0) without stages."""
+        if len(self.outputs) != len(self.modules):
+            raise EncoderError("A tapped stage did not run; the taps are incomplete.")
+        if not self.modules:
+            return torch.zeros(batch, 0)
+        return torch.cat([self.outputs[n] for n in range(len(self.modules))], dim=1)
 
 
 def freeze_batch_norm(module: torch.nn.Module) -> torch.nn.Module:

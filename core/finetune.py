@@ -1,9 +1,10 @@
 """The feedback loop's last step: logged feedback -> a fine-tuned version, indexed, evaluated.
 
 `head` mode trains a `ResidualHead` on the parent version's stored vectors (the frozen
-encoder's unit features), so no image is decoded: pairs come from the log restricted to the
-`train` split (`core.pairs`), the head is fitted (`core.training.fit`), the gallery's new
-vectors are the head applied to the parent's, and the version is evaluated on `test`, before
+encoder's unit features) beside the tower's stage taps (one forward pass over the gallery,
+`core.tower.gallery_taps`): pairs come from the log restricted to the `train` split
+(`core.pairs`), the head is fitted (`core.training.fit`), the gallery's new vectors are the
+head applied to the parent's vectors and taps, and the version is evaluated on `test`, before
 and after. Nothing is registered until its weights and its index collection are complete; a
 failure removes what was written.
 """
@@ -68,7 +69,8 @@ def load_heads(models_dir: Path, files: Sequence[str]) -> list[torch.nn.Module]:
     heads: list[torch.nn.Module] = []
     for name in files:
         weights = load_file(models_dir / name)
-        head = ResidualHead(weights["linear.weight"].shape[0])
+        rows, columns = weights["linear.weight"].shape  # (dim, dim + taps)
+        head = ResidualHead(rows, taps=columns - rows)
         head.load_state_dict(weights)
         heads.append(head.eval())
     return heads
@@ -84,11 +86,15 @@ def _next_version(studio: Studio) -> str:
 
 def _tensors(pairs: TrainingPairs, row: dict[str, int]) -> PairTensors:
     negatives = [[row[n] for n in negs] for negs in pairs.negatives]
+    groups = torch.full((len(row),), -1, dtype=torch.long)
+    for number, group in enumerate(pairs.groups):
+        groups[[row[image] for image in group if image in row]] = number
     return PairTensors(
         anchors=torch.tensor([row[a] for a in pairs.anchors], dtype=torch.long),
         positives=torch.tensor([row[p] for p in pairs.positives], dtype=torch.long),
         negatives=torch.tensor(negatives, dtype=torch.long).reshape(len(pairs), -1),
         weights=torch.tensor(pairs.weights, dtype=torch.float32),
+        groups=groups,
     )
 
 
@@ -157,11 +163,12 @@ def register_version(
 
 
 def head_vectors(
-    head: torch.nn.Module, ids: list[str], vectors: np.ndarray
+    head: torch.nn.Module, ids: list[str], inputs: np.ndarray
 ) -> tuple[list[str], np.ndarray]:
-    """The gallery under a new head: the head applied to its parent's (n, D) vectors."""
+    """The gallery under a new head: the head applied to its inputs, the parent's (n, D)
+    vectors (and their taps, when the head reads them)."""
     with torch.no_grad():
-        moved = head(torch.from_numpy(np.ascontiguousarray(vectors)))
+        moved = head(torch.from_numpy(np.ascontiguousarray(inputs)))
     return ids, moved.numpy()
 
 
@@ -186,13 +193,19 @@ def fine_tune(
     before = studio.evaluate(parent.version, split="test").metrics()
     card: dict[str, object] = {"mode": settings.mode, "source": "feedback", "pairs": pairs.summary}
     if settings.mode == "head":
-        inputs = torch.from_numpy(np.ascontiguousarray(vectors))  # (n, D) frozen unit features
-        head = ResidualHead(inputs.shape[1])
-        history = fit(head, inputs, _tensors(pairs, row), settings, callbacks)
+        # (n, D) frozen unit features, read once above, and the tower's (n, t) stage taps
+        taps = np.zeros((len(ids), 0), dtype=np.float32)
+        if settings.taps:
+            from core.tower import gallery_taps
+
+            taps = gallery_taps(studio, studio.encoder(parent), ids)
+        inputs = np.concatenate([vectors, taps], axis=1)
+        head = ResidualHead(vectors.shape[1], taps=taps.shape[1])
+        history = fit(head, torch.from_numpy(inputs), _tensors(pairs, row), settings, callbacks)
         weights = {HEAD_FILE: dict(head.state_dict())}
-        gallery = head_vectors(head, ids, vectors)  # the parent's vectors, read once above
+        gallery = head_vectors(head, ids, inputs)
     else:
-        from core.tower import tower_fit  # imports timm layers; the head mode does not need it
+        from core.tower import tower_fit
 
         result = tower_fit(studio, parent, ids, _tensors(pairs, row), settings, callbacks)
         history, gallery = result.history, (ids, result.vectors)

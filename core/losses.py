@@ -80,6 +80,16 @@ def _weighted_mean(losses: Tensor, weights: Tensor) -> Tensor:
     return (losses * weights).sum() / weights.sum()
 
 
+def _check_ignore(ignore: Tensor, batch: int, like: Tensor) -> Tensor:
+    if not isinstance(ignore, Tensor) or ignore.dtype != torch.bool:
+        raise ValueError("ignore must be a bool torch.Tensor")
+    if ignore.shape != (batch, batch):
+        raise ValueError(f"ignore must have shape ({batch}, {batch}), got {tuple(ignore.shape)}")
+    if bool(ignore.diagonal().any()):
+        raise ValueError("ignore cannot drop a query's own positive (its diagonal)")
+    return ignore.to(like.device)
+
+
 def _cross_entropy_diagonal(logits: Tensor) -> Tensor:
     """Per-row cross-entropy `(B,)` of `(B, C)` logits whose target for row i is column i."""
     idx = torch.arange(logits.shape[0], device=logits.device)
@@ -101,6 +111,11 @@ class InfoNCELoss(nn.Module):
     and the loss is the (weighted) mean of `loss_i` over the batch. With `symmetric=True` the
     positives also act as queries against all queries (CLIP's two directions; explicit
     negatives only in the query → positive direction) and the two means are averaged.
+
+    `ignore[i, j]` (off the diagonal) drops positive j from query i's candidates: in-batch
+    "negatives" already known to be like query i (the same image, the same group of labelled
+    positives) would otherwise be pushed away from it. The positive → query direction drops
+    `ignore.T` likewise.
 
     Args:
         temperature: `t` > 0; lower sharpens the softmax. 0.07 is CLIP's initial value.
@@ -131,6 +146,7 @@ class InfoNCELoss(nn.Module):
         positives: Tensor,
         negatives: Tensor | None = None,
         weights: Tensor | None = None,
+        ignore: Tensor | None = None,
     ) -> Tensor:
         """The scalar loss of a batch of (query, positive) pairs.
 
@@ -141,6 +157,8 @@ class InfoNCELoss(nn.Module):
                 only (N may be 0).
             weights: optional `(B,)` non-negative per-pair weights (e.g. clicks weigh less than
                 labels); the loss becomes the weighted mean over pairs.
+            ignore: optional `(B, B)` bool; True at [i, j] removes positive j from query i's
+                candidates (the diagonal must stay False: it is the target).
 
         Returns:
             A 0-d tensor.
@@ -170,6 +188,8 @@ class InfoNCELoss(nn.Module):
         if self.similarity == "cosine":
             q, p = F.normalize(q, dim=-1), F.normalize(p, dim=-1)
         in_batch = q @ p.T / self.temperature  # (B, B), [i, j] = s(q_i, p_j) / t
+        if ignore is not None:
+            in_batch = in_batch.masked_fill(_check_ignore(ignore, batch, q), -math.inf)
         logits = in_batch
         if n is not None:
             n = n.to(dtype)

@@ -55,7 +55,7 @@ repeats some (with none at all, `PairError`).
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -120,6 +120,9 @@ class TrainingPairs:
     weights: np.ndarray  # (P,) float64, the positive's evidence weight
     negatives: list[list[str]]  # (P, N) explicit and hard first, then random
     summary: dict[str, object]  # counts for the Train page, JSON-serialisable (see build_pairs)
+    # images joined by explicit positives (`positive_groups`, train images): known alike, so
+    # training never treats two of one group as an in-batch negative
+    groups: list[list[str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.anchors)
@@ -454,10 +457,11 @@ def build_pairs(
     rebalance_seed, negative_seed, chain_seed = np.random.SeedSequence(settings.seed).spawn(3)
     all_judged = judgements(log, settings)
     judged, dropped = _split_allowed(all_judged, allowed)
-    groups = positive_groups(judged) if settings.transitive else []
-    inferred = transitive_positives(judged, groups, settings, np.random.default_rng(chain_seed))
+    groups = positive_groups(judged)
+    chained = groups if settings.transitive else []
+    inferred = transitive_positives(judged, chained, settings, np.random.default_rng(chain_seed))
     judged = pd.concat([judged, inferred], ignore_index=True).sort_values(_PAIR, kind="stable")
-    linked = {image: group for group in groups for image in group}
+    linked = {image: group for group in chained for image in group}
     positives = judged[judged["relevance"] == "positive"].reset_index(drop=True)
     positives = positives.assign(
         label=pd.Series(
@@ -482,4 +486,5 @@ def build_pairs(
         weights=pairs["weight"].to_numpy(dtype=np.float64),
         negatives=negatives[0],
         summary=summary,
+        groups=groups,
     )

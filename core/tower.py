@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.encoder import freeze_batch_norm
+from core.encoder import StageTaps, freeze_batch_norm, head_taps, stage_modules
 from core.images import ImageError, load_image
 from core.training import (
     Callback,
@@ -86,11 +86,14 @@ class _WholeTower(nn.Module):
 
 @dataclass
 class Tower:
-    """A split tower: `prefix` (frozen, no gradients) then `suffix` (trainable)."""
+    """A split tower: `prefix` (frozen, no gradients) then `suffix` (trainable); the tapped
+    stages (`core.encoder.stage_modules`) of each, in order."""
 
     prefix: Callable[[torch.Tensor], torch.Tensor]
     suffix: nn.Module
     cached: str  # what the prefix outputs, for the card: "pixels" or "stage N input"
+    prefix_stages: Sequence[nn.Module] = ()
+    suffix_stages: Sequence[nn.Module] = ()
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The trained parameters under the tower's names, ready for safetensors."""
@@ -115,8 +118,9 @@ def split_tower(visual: nn.Module, mode: str, blocks: int = 1) -> Tower:
     tower = freeze_batch_norm(copy.deepcopy(visual)).train()
     for param in tower.parameters():
         param.requires_grad_(mode == "full")
+    stages = stage_modules(tower)
     if mode == "full":
-        return Tower(lambda pixels: pixels, _WholeTower(tower), "pixels")
+        return Tower(lambda pixels: pixels, _WholeTower(tower), "pixels", (), stages)
     if _is_timm_trunk(tower):
         trunk: Any = tower.trunk
         if blocks > len(trunk.blocks):
@@ -133,7 +137,13 @@ def split_tower(visual: nn.Module, mode: str, blocks: int = 1) -> Tower:
                 out: torch.Tensor = trunk.blocks[:start](trunk.bn1(trunk.conv_stem(pixels)))
             return out
 
-        return Tower(prefix, _TimmSuffix(tower, start), f"stage {start} input")
+        return Tower(
+            prefix,
+            _TimmSuffix(tower, start),
+            f"stage {start} input",
+            stages[:start],
+            stages[start:],
+        )
     lock = getattr(tower, "lock", None)
     if lock is None:
         raise TrainingError(
@@ -148,26 +158,36 @@ def split_tower(visual: nn.Module, mode: str, blocks: int = 1) -> Tower:
         ) from exc
     if not any(p.requires_grad for p in tower.parameters()):
         raise TrainingError(f"partial mode left nothing of the {type(visual).__name__} to train.")
-    return Tower(lambda pixels: pixels, _WholeTower(tower), "pixels")
+    return Tower(lambda pixels: pixels, _WholeTower(tower), "pixels", (), stages)
 
 
 class TowerModel(nn.Module):
     """What a tower mode trains: suffix -> unit vector -> the parent's heads (frozen) -> a new
-    `ResidualHead`. Its output is what the new version indexes."""
+    `ResidualHead`; heads that read taps get the prefix's (cached) then the suffix's. Its
+    output is what the new version indexes."""
 
-    def __init__(self, suffix: nn.Module, parent_heads: Sequence[nn.Module], head: nn.Module):
+    def __init__(
+        self,
+        suffix: nn.Module,
+        parent_heads: Sequence[nn.Module],
+        head: nn.Module,
+        stages: Sequence[nn.Module] = (),
+    ) -> None:
         super().__init__()
         self.suffix = suffix
         # copies: the parent's heads are shared with cached encoders, and train() flips them
         self.parent_heads = nn.ModuleList(copy.deepcopy(list(parent_heads))).requires_grad_(False)
         self.head = head
+        self._stages = list(stages)  # modules of `suffix`, tapped during its forward pass
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # prefix outputs -> (B, D) unit vectors
-        features = nn.functional.normalize(self.suffix(x).float(), dim=-1)
-        for head in self.parent_heads:
-            features = head(features)
-        out: torch.Tensor = self.head(features)
-        return out
+    def forward(self, x: torch.Tensor, prefix_taps: torch.Tensor) -> torch.Tensor:
+        """(B, ...) prefix outputs and their (B, t0) taps -> (B, D) unit vectors."""
+        with StageTaps(self._stages) as stages:
+            features = nn.functional.normalize(self.suffix(x).float(), dim=-1)
+        taps = torch.cat([prefix_taps, stages.tensor(len(x))], dim=1)
+        for head in [*self.parent_heads, self.head]:
+            features = head(torch.cat([features, taps], dim=1) if head_taps(head) else features)
+        return features
 
 
 @dataclass(frozen=True)
@@ -181,15 +201,18 @@ class TowerResult:
     cached: str  # what was cached per image ("stage 6 input", "pixels")
 
 
-def _prefix_all(
-    studio: Studio, encoder: Encoder, tower: Tower, ids: Sequence[str], batch: int = 32
-) -> torch.Tensor:
-    """(n, ...) prefix outputs of the catalogued `ids`, in order (pixels, 0.6 MB per image at
-    224², when the prefix is the identity: `full`, and `partial` on a non-timm tower). Every
-    file is read before anything trains: one that fails is a `TrainingError` naming it, not a
-    version with holes."""
+def over_gallery(
+    studio: Studio,
+    encoder: Encoder,
+    ids: Sequence[str],
+    run: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+    batch: int = 32,
+) -> tuple[torch.Tensor, ...]:
+    """`run` on the preprocessed pixels of the catalogued `ids`, batch by batch, its outputs
+    concatenated in order. Every file is read before anything trains: one that fails is a
+    `TrainingError` naming it, not a version with holes."""
     records = studio.store.get_images(list(ids))
-    chunks: list[torch.Tensor] = []
+    chunks: list[tuple[torch.Tensor, ...]] = []
     unreadable: list[str] = []
     for start in range(0, len(ids), batch):
         pixels = []
@@ -201,14 +224,41 @@ def _prefix_all(
             except (ImageError, KeyError, OSError):
                 unreadable.append(image_id)
         if pixels and not unreadable:
-            chunks.append(tower.prefix(torch.stack(pixels)))
+            chunks.append(run(torch.stack(pixels)))
     if unreadable:
         named = ", ".join(f"{i[:12]}…" for i in unreadable[:3])
         raise TrainingError(
             f"{len(unreadable)} gallery image(s) can no longer be read ({named}); remove them "
             "on the Gallery page or ingest them again, then train again."
         )
-    return torch.cat(chunks)
+    return tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
+
+
+def gallery_taps(studio: Studio, encoder: Encoder, ids: Sequence[str]) -> np.ndarray:
+    """(n, t) float32 stage taps of the catalogued `ids` through `encoder`'s tower (`head`
+    mode's extra inputs): one forward pass over the gallery."""
+
+    def taps(pixels: torch.Tensor) -> tuple[torch.Tensor]:
+        with torch.inference_mode():
+            return (encoder.tapped(pixels)[1],)
+
+    return over_gallery(studio, encoder, ids, taps)[0].numpy()
+
+
+def _prefix_all(
+    studio: Studio, encoder: Encoder, tower: Tower, ids: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, ...) prefix outputs of the catalogued `ids`, in order (pixels, 0.6 MB per image at
+    224², when the prefix is the identity: `full`, and `partial` on a non-timm tower), and
+    (n, t0) taps of the prefix's stages."""
+
+    def prefix(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with StageTaps(tower.prefix_stages) as taps, torch.no_grad():
+            out = tower.prefix(pixels)
+        return out, taps.tensor(len(pixels))
+
+    inputs, taps = over_gallery(studio, encoder, ids, prefix)
+    return inputs, taps
 
 
 def tower_fit(
@@ -224,12 +274,18 @@ def tower_fit(
     are kept for both."""
     encoder = studio.encoder(parent)
     tower = split_tower(encoder.model.visual, settings.mode, settings.blocks)
-    inputs = _prefix_all(studio, encoder, tower, ids)
-    model = TowerModel(tower.suffix, encoder.heads, ResidualHead(encoder.dim))
-    history = fit(model, inputs, pairs, settings, callbacks)
+    inputs, prefix_taps = _prefix_all(studio, encoder, tower, ids)
+    with StageTaps(tower.suffix_stages) as probe, torch.no_grad():  # the suffix's tap width
+        tower.suffix(inputs[:1])
+    width = prefix_taps.shape[1] + probe.tensor(1).shape[1]
+    head = ResidualHead(encoder.dim, taps=width if settings.taps else 0)
+    model = TowerModel(tower.suffix, encoder.heads, head, tower.suffix_stages)
+    history = fit(model, (inputs, prefix_taps), pairs, settings, callbacks)
     model.eval()
     with torch.no_grad():
-        vectors = torch.cat([model(inputs[s : s + 64]) for s in range(0, len(inputs), 64)])
+        vectors = torch.cat([
+            model(inputs[s : s + 64], prefix_taps[s : s + 64]) for s in range(0, len(inputs), 64)
+        ])  # fmt: skip
     return TowerResult(
         tower=tower.trainable_state(),
         head={k: v.contiguous() for k, v in model.head.state_dict().items()},

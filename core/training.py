@@ -30,7 +30,7 @@ MODES = ("head", "partial", "full")
 # which wants a lower rate and fewer epochs than an adapter starting at zero (demo loop).
 MODE_DEFAULTS: dict[str, dict[str, float | int]] = {
     "head": {},
-    "partial": {"lr": 3e-4, "epochs": 15},
+    "partial": {"lr": 3e-4, "epochs": 15, "batch_size": 64},
     "full": {"lr": 1e-4, "epochs": 5, "batch_size": 32},
 }
 
@@ -50,7 +50,7 @@ class TrainSettings:
     mode: str = "head"  # head: an adapter on frozen features; partial: + the last blocks; full
     blocks: int = 1  # partial: trunk stages (timm) or layer groups (open_clip lock) unfrozen
     epochs: int = 40  # upper bound; early stopping usually ends sooner
-    batch_size: int = 64  # pairs per step
+    batch_size: int = 128  # pairs per step; 128 beat 64 and 256 for the head on the demo loop
     lr: float = 1e-3  # AdamW peak learning rate (cosine decay to 0)
     weight_decay: float = 1e-4
     temperature: float = 0.2  # InfoNCE; 0.2 beat 0.07 and 0.1 on the demo loop
@@ -59,6 +59,7 @@ class TrainSettings:
     patience: int = 5  # epochs without a better validation loss before stopping
     collapse_std: float = 1e-4  # mean per-dimension std of outputs below this = collapse
     seed: int = 0
+    taps: bool = True  # the new head also reads the tower's stage taps (none on a ViT)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -106,40 +107,86 @@ class PairTensors:
     positives: torch.Tensor  # (P,) long
     negatives: torch.Tensor  # (P, N) long
     weights: torch.Tensor  # (P,) float
+    # (n,) long over input rows: rows known to be alike share a group id >= 0 (-1: none);
+    # an in-batch candidate of the anchor's group is not its negative (`known_alike`)
+    groups: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.anchors)
 
     def take(self, rows: torch.Tensor) -> PairTensors:
         return PairTensors(
-            self.anchors[rows], self.positives[rows], self.negatives[rows], self.weights[rows]
-        )
+            self.anchors[rows], self.positives[rows], self.negatives[rows], self.weights[rows],
+            self.groups,
+        )  # fmt: skip
+
+    def known_alike(self) -> torch.Tensor | None:
+        """(B, B) bool: [i, j] when positive j is known to be like anchor i, or like i's own
+        positive (the same image, or one group), though it is not i's pair: `InfoNCELoss`'s
+        `ignore`. None without groups."""
+        groups = self.groups
+        if groups is None:
+            return None
+
+        def keys(rows: torch.Tensor) -> torch.Tensor:  # group id, or a key of the row alone
+            group = groups[rows]
+            return torch.where(group >= 0, group, -1 - rows)
+
+        anchors, positives = keys(self.anchors), keys(self.positives)
+        same_anchor = anchors[:, None] == positives[None, :]  # like the anchor
+        same_positive = positives[:, None] == positives[None, :]  # like the anchor's positive
+        alike = same_anchor | same_positive
+        return alike & ~torch.eye(len(self), dtype=torch.bool)
 
 
 class ResidualHead(nn.Module):
-    """x -> normalise(x + W x): starts as the identity, so fine-tuning starts from the base."""
+    """[x, taps] -> normalise(x + W [x, taps]): W (dim x (dim + taps)) starts at zero, so
+    fine-tuning starts from the parent's ranking. `taps` > 0 columns after the (B, dim) unit
+    vector are the tower's stage taps (`core.encoder.StageTaps`)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, taps: int = 0) -> None:
         super().__init__()
-        self.linear = nn.Linear(dim, dim, bias=False)
+        self.dim, self.taps = dim, taps
+        self.linear = nn.Linear(dim + taps, dim, bias=False)
         nn.init.zeros_(self.linear.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, D)
-        return nn.functional.normalize(x + self.linear(x), dim=-1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, dim + taps) -> (B, dim)
+        if x.shape[1] != self.dim + self.taps:
+            raise TrainingError(
+                f"This head reads {self.dim} + {self.taps} columns, not {x.shape[1]}."
+            )
+        return nn.functional.normalize(x[:, : self.dim] + self.linear(x), dim=-1)
 
 
-Features = Callable[[torch.Tensor], torch.Tensor]  # (B,) row numbers -> (B, D) model inputs
+# (B,) row numbers -> the model's inputs for those rows: a (B, D) tensor, or a tuple of
+# tensors passed as separate arguments (a tower's cached maps and taps)
+Features = Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]]
+
+
+def _rows_of(parts: tuple[torch.Tensor, ...]) -> Features:
+    def rows_of(rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(part[rows] for part in parts)
+
+    return rows_of
+
+
+def _run(model: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    out: torch.Tensor = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+    return out
 
 
 def _loss(
     model: nn.Module, features: Features, batch: PairTensors, loss_fn: InfoNCELoss
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's loss, and the anchors' outputs (B, D') for the collapse check."""
-    anchors = model(features(batch.anchors))  # (B, D')
-    positives = model(features(batch.positives))  # (B, D')
+    """The batch's loss, and the outputs of its distinct anchors for the collapse check (a
+    batch whose anchors are all one image has no spread to check)."""
+    anchors = _run(model, features(batch.anchors))  # (B, D')
+    positives = _run(model, features(batch.positives))  # (B, D')
     b, n = batch.negatives.shape
-    negatives = model(features(batch.negatives.reshape(-1))).reshape(b, n, -1) if n else None
-    return loss_fn(anchors, positives, negatives, batch.weights), anchors
+    negatives = _run(model, features(batch.negatives.reshape(-1))).reshape(b, n, -1) if n else None
+    loss = loss_fn(anchors, positives, negatives, batch.weights, batch.known_alike())
+    distinct = np.unique(batch.anchors.numpy(), return_index=True)[1]
+    return loss, anchors[torch.from_numpy(distinct)]
 
 
 def _validation_loss(
@@ -180,19 +227,22 @@ def _check_health(outputs: torch.Tensor, loss: float, settings: TrainSettings) -
 
 def fit(
     model: nn.Module,
-    inputs: torch.Tensor | Features,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...] | Features,
     pairs: PairTensors,
     settings: TrainSettings,
     callbacks: Sequence[Callback] = (),
 ) -> History:
-    """Train `model` on `pairs` over `inputs`: an (n, D) matrix, or a function of row numbers
-    (which may, say, augment images afresh on every call); returns its history. The model ends at
+    """Train `model` on `pairs` over `inputs`: an (n, D) matrix, a tuple of (n, ...) tensors
+    (the model's arguments, row by row), or a function of row numbers (which may, say,
+    augment images afresh on every call); returns its history. The model ends at
     its best epoch: lowest validation loss, or lowest training loss without a validation
     slice (too few pairs to hold any out)."""
     if len(pairs) < 2:
         raise TrainingError("Fewer than 2 training pairs: log more feedback first.")
     torch.manual_seed(settings.seed)
-    features = inputs if callable(inputs) else inputs.__getitem__
+    features = _rows_of(inputs) if isinstance(inputs, tuple) else inputs
+    if not callable(features):
+        features = features.__getitem__
     started, history = time.perf_counter(), History()
     train, val = _split(pairs, settings.val_fraction, settings.seed)
     loss_fn = InfoNCELoss(temperature=settings.temperature, symmetric=True)

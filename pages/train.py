@@ -57,7 +57,7 @@ else:
 
 st.subheader("Run")
 MODE_HELP = {
-    "head": "an adapter on the frozen encoder's features: seconds",
+    "head": "an adapter on the frozen encoder's features and stage taps: about half a minute",
     "partial": "the encoder's last stage and the adapter: about a minute on the demo gallery",
     "full": "the whole image tower: minutes, and the most prone to overfit small feedback",
 }

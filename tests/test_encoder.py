@@ -15,6 +15,8 @@ from core import encoder as encoder_module
 from core.encoder import (
     DEFAULT_ENCODER,
     Encoder,
+    EncoderError,
+    StageTaps,
     UnknownEncoderError,
     WeightsUnavailableError,
     efficientnet_lite0_state_dict,
@@ -22,6 +24,7 @@ from core.encoder import (
     imagenet_head,
     list_encoders,
     load_encoder,
+    stage_modules,
 )
 from core.images import load_image
 from tests.conftest import generated_image
@@ -129,3 +132,52 @@ def test_imagenet_head_names_demo_stamps(
         logits = imagenet_head()(default_encoder.features(default_encoder.preprocess(image)[None]))
     top = ImageNetInfo().index_to_description(int(logits.argmax()))
     assert top == imagenet_class
+
+
+# --- stage taps ------------------------------------------------------------------------------
+
+
+def test_taps_are_each_stages_pooled_unit_vector_and_the_hooks_go_away(
+    tiny_encoder: Encoder,
+) -> None:
+    stages = stage_modules(tiny_encoder.model.visual)
+    assert stages  # tiny-test is a timm trunk
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        features, taps = tiny_encoder.tapped(x)
+        plain = tiny_encoder.model.encode_image(x)
+        np.testing.assert_allclose(features.numpy(), plain.numpy(), atol=1e-6)
+    widths = []
+    with torch.no_grad():  # walk the trunk by hand: stem, then each stage
+        trunk = tiny_encoder.model.visual.trunk
+        h = trunk.bn1(trunk.conv_stem(x))
+        start = 0
+        for stage in trunk.blocks:
+            h = stage(h)
+            pooled = torch.nn.functional.normalize(h.mean(dim=(2, 3)), dim=-1)
+            width = pooled.shape[1]
+            np.testing.assert_allclose(taps[:, start : start + width].numpy(), pooled.numpy(),
+                                       atol=1e-6)  # fmt: skip
+            widths.append(width)
+            start += width
+    assert taps.shape == (3, sum(widths))
+    assert all(not stage._forward_hooks for stage in stages)  # removed after the pass
+
+
+def test_a_tower_without_stages_has_no_taps_and_heads_read_the_embedding_alone() -> None:
+    from open_clip.transformer import VisionTransformer
+
+    vit = VisionTransformer(
+        image_size=32, patch_size=8, width=32, layers=2, heads=2, mlp_ratio=2.0, output_dim=16
+    ).eval()
+    assert stage_modules(vit) == []
+    with StageTaps([]) as taps, torch.no_grad():
+        vit(torch.randn(2, 3, 32, 32))
+    assert taps.tensor(2).shape == (2, 0)
+
+
+def test_taps_of_a_stage_that_did_not_run_are_an_error(tiny_encoder: Encoder) -> None:
+    with StageTaps(stage_modules(tiny_encoder.model.visual)) as taps:
+        pass
+    with pytest.raises(EncoderError, match="did not run"):
+        taps.tensor(1)

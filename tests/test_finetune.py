@@ -32,10 +32,29 @@ from tests.test_evaluation import reference_metrics
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def reference_head(vectors: np.ndarray, head_file: Path) -> np.ndarray:
-    """x -> normalise(x + W x), with W read from the safetensors file by numpy."""
-    weight = load_numpy(head_file)["linear.weight"].astype(np.float64)  # (D, D)
-    out = vectors.astype(np.float64) + vectors.astype(np.float64) @ weight.T
+def reference_taps(studio: Studio, ids: list[str]) -> np.ndarray:
+    """(n, t) stage taps walked by hand through the base tiny-test trunk, stage by stage:
+    each stage's output averaged over space and L2-normalised, in order (no hooks)."""
+    encoder = studio.encoder(studio.store.get_model_version("base"))
+    trunk = encoder.model.visual.trunk
+    records = studio.store.get_images(ids)
+    pixels = torch.stack([encoder.preprocess(load_image(studio.image_path(records[i])).image)
+                          for i in ids])  # fmt: skip
+    taps = []
+    with torch.no_grad():
+        x = trunk.bn1(trunk.conv_stem(pixels))
+        for stage in trunk.blocks:
+            x = stage(x)
+            pooled = x.mean(dim=(2, 3)).double().numpy()
+            taps.append(pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
+    return np.concatenate(taps, axis=1)
+
+
+def reference_head(vectors: np.ndarray, head_file: Path, taps: np.ndarray) -> np.ndarray:
+    """[x, taps] -> normalise(x + W [x, taps]), W read from the safetensors file by numpy."""
+    weight = load_numpy(head_file)["linear.weight"].astype(np.float64)  # (D, D + t)
+    x = vectors.astype(np.float64)
+    out = x + np.concatenate([x, taps], axis=1) @ weight.T
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
@@ -86,7 +105,11 @@ def test_fine_tune_writes_an_inactive_indexed_evaluated_version(fed: Studio) -> 
     head_file = fed.settings.models_dir / "ft-0001" / HEAD_FILE
     assert head_file.is_file() and tmp_files(fed) == []
     new = vectors_by_id(fed, "ft-0001", gallery)
-    np.testing.assert_allclose(new, reference_head(base_vectors, head_file), atol=1e-5)
+    taps = reference_taps(fed, gallery)
+    dim = base_vectors.shape[1]
+    assert load_numpy(head_file)["linear.weight"].shape == (dim, dim + taps.shape[1])
+    assert taps.shape[1] > 0  # tiny-test has stages: the head reads them
+    np.testing.assert_allclose(new, reference_head(base_vectors, head_file, taps), atol=1e-5)
     [head] = load_heads(fed.settings.models_dir, [f"ft-0001/{HEAD_FILE}"])
     assert isinstance(head, ResidualHead) and not head.training
     assert float(head.linear.weight.detach().abs().max()) > 0  # it trained
@@ -119,8 +142,9 @@ def test_the_encoder_with_heads_reproduces_the_index_and_runs_stack(fed: Studio)
     gallery = sorted(r.id for r in fed.store.list_images())
     models = fed.settings.models_dir
     base = vectors_by_id(fed, "base", gallery)
-    stacked = reference_head(reference_head(base, models / "ft-0001" / HEAD_FILE),
-                             models / "ft-0002" / HEAD_FILE)  # fmt: skip
+    taps = reference_taps(fed, gallery)  # both heads read the base tower's taps
+    stacked = reference_head(reference_head(base, models / "ft-0001" / HEAD_FILE, taps),
+                             models / "ft-0002" / HEAD_FILE, taps)  # fmt: skip
     np.testing.assert_allclose(vectors_by_id(fed, "ft-0002", gallery), stacked, atol=1e-5)
 
     records = [fed.store.list_images(label=label, limit=1)[0] for label in GALLERY_LABELS]
@@ -235,3 +259,19 @@ def test_cli_train_reports_before_and_after_and_does_not_activate(fed: Studio) -
     assert text[0].startswith("* base") and "mode=" not in text[0]
     expected = payload["metrics_after"]
     assert f"mode=head test mAP {expected['map']:.4f} MRR {expected['mrr']:.4f}" in text[1]
+
+
+def test_cli_no_taps_trains_a_head_on_the_embedding_alone(fed: Studio) -> None:
+    data = fed.settings.data_dir
+    result = run_cli(data, "train", "--from-feedback", "--epochs", "2", "--no-taps")
+    assert result.returncode == 0, result.stderr
+    version = fed.store.get_model_version("ft-0001")
+    assert version.card["settings"]["taps"] is False
+    head_file = fed.settings.models_dir / "ft-0001" / HEAD_FILE
+    dim = fed.encoder(fed.store.get_model_version("base")).dim
+    assert load_numpy(head_file)["linear.weight"].shape == (dim, dim)
+    gallery = sorted(r.id for r in fed.store.list_images())
+    no_taps = np.zeros((len(gallery), 0))
+    np.testing.assert_allclose(vectors_by_id(fed, "ft-0001", gallery),
+                               reference_head(vectors_by_id(fed, "base", gallery), head_file,
+                                              no_taps), atol=1e-5)  # fmt: skip

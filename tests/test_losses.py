@@ -186,6 +186,63 @@ def test_symmetric_is_the_average_of_both_directions(similarity: str) -> None:
     assert got.item() == pytest.approx((forward + backward) / 2, rel=1e-5, abs=1e-5)
 
 
+def ref_info_nce_ignoring(
+    queries: list[Vec],
+    candidates: list[Vec],
+    negatives: list[list[Vec]] | None,
+    ignore: list[list[bool]],
+    temperature: float,
+    weights: list[float] | None,
+) -> float:
+    """Cosine InfoNCE where query i's in-batch candidates are only the j with not ignore[i][j]
+    (i itself always stays); the target is candidate i."""
+    losses = []
+    for i, q in enumerate(queries):
+        kept = [j for j in range(len(candidates)) if j == i or not ignore[i][j]]
+        logits = [ref_sim(q, candidates[j], "cosine") / temperature for j in kept]
+        if negatives is not None:
+            logits += [ref_sim(q, n, "cosine") / temperature for n in negatives[i]]
+        losses.append(ref_neg_log_softmax(logits, kept.index(i)))
+    return ref_weighted_mean(losses, weights)
+
+
+@pytest.mark.parametrize("with_negatives", [False, True])
+def test_ignored_candidates_leave_both_directions_as_the_reference_says(
+    with_negatives: bool,
+) -> None:
+    q, p, negs = batch(5, 8, n=2, seed=11)
+    ignore = torch.zeros(5, 5, dtype=torch.bool)
+    ignore[0, 1] = ignore[1, 0] = ignore[2, 4] = ignore[3, 0] = True  # not symmetric on purpose
+    w = torch.tensor([1.0, 0.3, 1.0, 2.0, 1.0])
+    explicit = negs if with_negatives else None
+    got = InfoNCELoss(0.2, symmetric=True)(q, p, explicit, weights=w, ignore=ignore)
+    rows = ignore.tolist()
+    columns = ignore.T.tolist()  # positive i as the query: ignore[j, i]
+    forward = ref_info_nce_ignoring(tolist(q), tolist(p), tolist(negs) if with_negatives else None,
+                                    rows, 0.2, w.tolist())  # fmt: skip
+    backward = ref_info_nce_ignoring(tolist(p), tolist(q), None, columns, 0.2, w.tolist())
+    assert got.item() == pytest.approx((forward + backward) / 2, rel=1e-5, abs=1e-5)
+    # nothing ignored is the plain loss; ignoring a candidate can only lower a row's loss
+    nothing = torch.zeros(5, 5, dtype=torch.bool)
+    plain = InfoNCELoss(0.2, symmetric=True)(q, p, explicit, weights=w)
+    same = InfoNCELoss(0.2, symmetric=True)(q, p, explicit, weights=w, ignore=nothing)
+    assert same.item() == pytest.approx(plain.item(), rel=1e-6)
+    assert got.item() < plain.item()
+
+
+def test_ignore_errors() -> None:
+    q, p, _ = batch(4, 8)
+    loss = InfoNCELoss()
+    cases = [
+        (torch.zeros(4, 4), "bool"),
+        (torch.zeros(3, 4, dtype=torch.bool), "shape"),
+        (torch.eye(4, dtype=torch.bool), "diagonal"),
+    ]
+    for ignore, message in cases:
+        with pytest.raises(ValueError, match=message):
+            loss(q, p, ignore=ignore)
+
+
 def test_symmetric_loss_is_symmetric_in_its_inputs_without_negatives() -> None:
     q, p, _ = batch(6, 8, seed=7)
     loss = InfoNCELoss(0.1, symmetric=True)

@@ -329,6 +329,8 @@ def test_explicit_positives_chain_into_transitive_pairs_but_clicks_do_not() -> N
     assert pairs.summary["positives"] == {"click": 1, "grade": 1, "label": 2, "transitive": 4}
     off = build_pairs(log.frame(), {}, allowed, replace(settings, transitive=0))
     assert set(zip(off.anchors, off.positives, strict=True)) == direct
+    # the groups (for training: never an in-batch negative of each other) with chaining or not
+    assert pairs.groups == off.groups == [["a", "b", "d", "q"]]
 
 
 def test_transitive_pairs_are_capped_per_image_and_stay_inside_the_allowed_set() -> None:

@@ -13,7 +13,7 @@ from open_clip.transformer import VisionTransformer
 from safetensors.torch import load_file
 from torch import nn
 
-from core.encoder import Encoder, EncoderError
+from core.encoder import Encoder, EncoderError, StageTaps, stage_modules
 from core.finetune import HEAD_FILE, TOWER_FILE
 from core.images import load_image
 from core.studio import Studio
@@ -81,6 +81,25 @@ def test_partial_trains_the_last_stages_and_conv_head_only_with_batchnorm_frozen
     )
 
 
+@pytest.mark.parametrize(("mode", "blocks"), [("partial", 1), ("partial", 2), ("full", 1)])
+def test_prefix_then_suffix_taps_are_the_whole_towers_taps(
+    tiny_encoder: Encoder, mode: str, blocks: int
+) -> None:
+    tower = split_tower(tiny_encoder.model.visual, mode, blocks)
+    x = pixels(tiny_encoder)
+    with torch.no_grad():
+        with StageTaps(tower.prefix_stages) as first:
+            maps = tower.prefix(x)
+        with StageTaps(tower.suffix_stages) as second:
+            tower.suffix(maps)
+        _, whole = tiny_encoder.tapped(x)
+    joined = torch.cat([first.tensor(3), second.tensor(3)], dim=1)
+    stages = len(stage_modules(tiny_encoder.model.visual))
+    assert len(tower.prefix_stages) + len(tower.suffix_stages) == stages
+    assert len(tower.suffix_stages) == (stages if mode == "full" else blocks)
+    np.testing.assert_allclose(joined.numpy(), whole.numpy(), atol=1e-5)
+
+
 def test_a_clip_vit_tower_is_split_with_open_clips_own_lock() -> None:
     vit = VisionTransformer(
         image_size=32, patch_size=8, width=32, layers=3, heads=2, mlp_ratio=2.0, output_dim=16
@@ -140,6 +159,12 @@ def test_a_tower_version_reproduces_its_index_and_stacks_on_a_head(fed: Studio, 
     assert card["tower"] == [f"ft-0002/{TOWER_FILE}"]
     assert card["heads"] == [f"ft-0001/{HEAD_FILE}", f"ft-0002/{HEAD_FILE}"]
     assert card["metrics"] == fed.evaluate("ft-0002", split="test").metrics()
+
+    # the new head reads the tuned tower's taps beside the embedding, as the parent's head does
+    dim = fed.encoder(fed.store.get_model_version("base")).dim
+    for name in ("ft-0001", "ft-0002"):
+        weight = load_file(fed.settings.models_dir / name / HEAD_FILE)["linear.weight"]
+        assert weight.shape[0] == dim and weight.shape[1] > dim, name
 
     tuned = load_file(fed.settings.models_dir / "ft-0002" / TOWER_FILE)
     base = fed.encoder(fed.store.get_model_version("base")).model.visual.state_dict()

@@ -137,6 +137,97 @@ def test_residual_head_starts_as_the_identity_on_normalised_inputs() -> None:
     np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
+def test_a_head_with_taps_starts_as_the_identity_and_refuses_other_widths() -> None:
+    raw = np.random.default_rng(5).normal(size=(6, DIM + 3)).astype(np.float32)
+    head = ResidualHead(DIM, taps=3)
+    assert tuple(head.linear.weight.shape) == (DIM, DIM + 3)
+    embedding = raw[:, :DIM]
+    np.testing.assert_allclose(apply(head, raw),
+                               embedding / np.linalg.norm(embedding, axis=1, keepdims=True),
+                               atol=1e-6)  # fmt: skip
+    with pytest.raises(TrainingError, match="columns"):
+        apply(head, raw[:, :DIM])
+
+
+# --- in-batch candidates known to be alike ---------------------------------------------------
+
+
+def test_known_alike_marks_the_same_group_and_the_same_image_off_the_diagonal() -> None:
+    # rows 0, 1 form group 0; rows 3, 4 group 1; rows 2 and 5 belong to none
+    groups = torch.tensor([0, 0, -1, 1, 1, -1])
+    pairs = PairTensors(
+        anchors=torch.tensor([0, 3, 2, 5]),
+        positives=torch.tensor([1, 4, 0, 2]),
+        negatives=torch.zeros(4, 0, dtype=torch.long),
+        weights=torch.ones(4),
+        groups=groups,
+    )
+    alike = pairs.known_alike()
+    assert alike is not None
+    # [i, j]: positive j is like anchor i (one group, or the same image), or is the image of
+    # positive i again; never i's own pair
+    expected = [
+        [False, False, True, False],  # anchor 0 (group 0): positive 0 (row 0) is in its group
+        [False, False, False, False],
+        # anchor 2 (alone): positive 3 is row 2 itself, and positive 0 (row 1) shares a group
+        # with anchor 2's own positive (row 0), so it is as alike as that one
+        [True, False, False, True],
+        [False, False, False, False],  # anchor 5: positive 3 is row 2, another image
+    ]
+    assert alike.tolist() == expected
+    assert PairTensors(pairs.anchors, pairs.positives, pairs.negatives, pairs.weights
+                       ).known_alike() is None  # fmt: skip
+    taken = pairs.take(torch.tensor([0, 2])).known_alike()
+    assert taken is not None and taken.tolist() == [[False, True], [True, False]]
+
+
+def test_known_alike_candidates_are_left_out_of_the_loss() -> None:
+    vectors, labels = hidden_classes()
+    pairs = class_pairs(labels, 64)
+    grouped = PairTensors(pairs.anchors, pairs.positives, pairs.negatives, pairs.weights,
+                          torch.as_tensor(labels, dtype=torch.long))  # fmt: skip
+    settings = TrainSettings(epochs=1, val_fraction=0, batch_size=64)
+    plain = fit(ResidualHead(DIM), torch.from_numpy(vectors), pairs, settings).train_loss
+    masked = fit(ResidualHead(DIM), torch.from_numpy(vectors), grouped, settings).train_loss
+    assert masked[0] < plain[0]  # same-class positives no longer count against each anchor
+
+
+def test_a_batch_whose_anchors_are_one_image_is_not_a_collapse() -> None:
+    vectors, _ = hidden_classes()
+    pairs = PairTensors(
+        anchors=torch.zeros(8, dtype=torch.long),
+        positives=torch.arange(1, 9),
+        negatives=torch.arange(10, 34).reshape(8, 3),
+        weights=torch.ones(8),
+    )
+    history = fit(ResidualHead(DIM), torch.from_numpy(vectors), pairs,
+                  TrainSettings(epochs=2, val_fraction=0))  # fmt: skip
+    assert len(history.train_loss) == 2
+
+
+class TwoInputs(nn.Module):
+    """A head whose taps come as a second argument (a tower's cached maps and taps)."""
+
+    def __init__(self, head: ResidualHead) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([x, taps], dim=1))
+
+
+def test_fit_passes_a_tuple_of_inputs_row_by_row_as_arguments() -> None:
+    vectors, labels = hidden_classes()
+    taps = np.random.default_rng(2).normal(size=(N_POINTS, 4)).astype(np.float32)
+    pairs, settings = class_pairs(labels, 100), TrainSettings(epochs=3, lr=1e-2)
+    joined, split = ResidualHead(DIM, taps=4), TwoInputs(ResidualHead(DIM, taps=4))
+    together = fit(joined, torch.from_numpy(np.concatenate([vectors, taps], axis=1)), pairs,
+                   settings)  # fmt: skip
+    apart = fit(split, (torch.from_numpy(vectors), torch.from_numpy(taps)), pairs, settings)
+    assert together.train_loss == pytest.approx(apart.train_loss, rel=1e-5)
+    torch.testing.assert_close(joined.linear.weight, split.head.linear.weight)
+
+
 # --- learning --------------------------------------------------------------------------------
 
 
