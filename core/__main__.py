@@ -195,8 +195,12 @@ def cmd_train(studio: Any, args: argparse.Namespace) -> int:
     payload = report.as_dict()
     del payload["summary"]  # on the version's card (`models`); too long for a terminal
     unit = "images" if args.images else "pairs"
+    reading = ""
+    if report.prepare_seconds:
+        reading = f" (+ {report.prepare_seconds} s reading the gallery)"
     lines = [
-        f"{report.version} (parent {report.parent}): {report.pairs} {unit}, {report.seconds} s"
+        f"{report.version} (parent {report.parent}): {report.pairs} {unit}, "
+        f"{report.seconds} s training{reading}"
     ]
     for name, after in report.metrics_after.items():
         before = report.metrics_before[name]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ class FineTuneReport:
     metrics_before: dict[str, float]
     metrics_after: dict[str, float]
     summary: dict[str, object]
+    # reading the gallery before training: the head's taps, a tower's cached prefix
+    prepare_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -192,13 +195,16 @@ def fine_tune(
     # not after the version is registered without its metrics.
     before = studio.evaluate(parent.version, split="test").metrics()
     card: dict[str, object] = {"mode": settings.mode, "source": "feedback", "pairs": pairs.summary}
+    prepared = 0.0  # seconds spent reading the gallery before training
     if settings.mode == "head":
         # (n, D) frozen unit features, read once above, and the tower's (n, t) stage taps
         taps = np.zeros((len(ids), 0), dtype=np.float32)
         if settings.taps:
             from core.tower import gallery_taps
 
+            started = time.perf_counter()
             taps = gallery_taps(studio, studio.encoder(parent), ids)
+            prepared = round(time.perf_counter() - started, 2)
         inputs = np.concatenate([vectors, taps], axis=1)
         head = ResidualHead(vectors.shape[1], taps=taps.shape[1])
         history = fit(head, torch.from_numpy(inputs), _tensors(pairs, row), settings, callbacks)
@@ -210,9 +216,10 @@ def fine_tune(
         result = tower_fit(studio, parent, ids, _tensors(pairs, row), settings, callbacks)
         history, gallery = result.history, (ids, result.vectors)
         weights = {TOWER_FILE: result.tower, HEAD_FILE: result.head}
-        card["cached"] = result.cached
+        card["cached"], prepared = result.cached, result.prepare_seconds
+    card["prepare_seconds"] = prepared
     version, after = register_version(
         studio, parent, weights, gallery, settings, history, card, before, activate
     )
     return FineTuneReport(version, parent.version, len(pairs), history.seconds, before, after,
-                          pairs.summary)  # fmt: skip
+                          pairs.summary, prepared)  # fmt: skip

@@ -27,6 +27,7 @@ parameter names (`trunk.blocks.6.0.conv_pw.weight`), so loading them is the towe
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -199,6 +200,7 @@ class TowerResult:
     vectors: np.ndarray  # (n, D) unit vectors of the gallery, in the order of its ids
     history: History
     cached: str  # what was cached per image ("stage 6 input", "pixels")
+    prepare_seconds: float  # running the prefix over the gallery, before training
 
 
 def over_gallery(
@@ -236,7 +238,10 @@ def over_gallery(
 
 def gallery_taps(studio: Studio, encoder: Encoder, ids: Sequence[str]) -> np.ndarray:
     """(n, t) float32 stage taps of the catalogued `ids` through `encoder`'s tower (`head`
-    mode's extra inputs): one forward pass over the gallery."""
+    mode's extra inputs): one forward pass over the gallery; (n, 0), reading nothing, for a
+    tower without stages."""
+    if not stage_modules(encoder.model.visual):
+        return np.zeros((len(ids), 0), dtype=np.float32)
 
     def taps(pixels: torch.Tensor) -> tuple[torch.Tensor]:
         with torch.inference_mode():
@@ -274,7 +279,9 @@ def tower_fit(
     are kept for both."""
     encoder = studio.encoder(parent)
     tower = split_tower(encoder.model.visual, settings.mode, settings.blocks)
+    started = time.perf_counter()
     inputs, prefix_taps = _prefix_all(studio, encoder, tower, ids)
+    prepared = round(time.perf_counter() - started, 2)
     with StageTaps(tower.suffix_stages) as probe, torch.no_grad():  # the suffix's tap width
         tower.suffix(inputs[:1])
     width = prefix_taps.shape[1] + probe.tensor(1).shape[1]
@@ -292,4 +299,5 @@ def tower_fit(
         vectors=vectors.numpy(),
         history=history,
         cached=tower.cached,
+        prepare_seconds=prepared,
     )

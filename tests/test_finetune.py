@@ -242,8 +242,10 @@ def test_cli_train_reports_before_and_after_and_does_not_activate(fed: Studio) -
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert set(payload) == {
-        "version", "parent", "pairs", "seconds", "metrics_before", "metrics_after"
+        "version", "parent", "pairs", "seconds", "metrics_before", "metrics_after",
+        "prepare_seconds",
     }  # fmt: skip
+    assert payload["prepare_seconds"] > 0  # the head read the gallery's taps
     assert (payload["version"], payload["parent"]) == ("ft-0001", "base")
     assert payload["pairs"] >= 2 and payload["seconds"] >= 0
     assert set(payload["metrics_after"]) == set(payload["metrics_before"]) >= {"mrr", "map"}
