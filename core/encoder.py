@@ -313,10 +313,23 @@ class Encoder:
 
     def tapped(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) preprocessed pixels -> the tower's (B, d) raw features and its (B, t)
-        stage taps (`StageTaps`; t = 0 for towers without stages)."""
-        with StageTaps(stage_modules(self.model.visual)) as taps:
-            features: torch.Tensor = self.model.encode_image(batch)
-        return features, taps.tensor(len(batch))
+        stage taps (`StageTaps`; t = 0 for towers without stages).
+
+        A timm trunk is walked stage by stage, as its own forward does, rather than hooked:
+        cached encoders share one model between sessions, and hooks on it would catch the
+        other sessions' passes."""
+        visual = self.model.visual
+        if not stage_modules(visual):
+            plain: torch.Tensor = self.model.encode_image(batch)
+            return plain, torch.zeros(len(batch), 0)
+        trunk = visual.trunk
+        x = trunk.bn1(trunk.conv_stem(batch))
+        taps = []
+        for stage in trunk.blocks:
+            x = stage(x)
+            taps.append(pooled_unit(x))
+        features: torch.Tensor = visual.head(trunk.forward_head(trunk.bn2(trunk.conv_head(x))))
+        return features, torch.cat(taps, dim=1)
 
     def features(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) preprocessed pixels -> (B, d) raw image features (gradients allowed)."""
@@ -354,12 +367,28 @@ class Encoder:
         return out
 
 
+_TIMM_PARTS = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "forward_head")
+
+
+def is_timm_trunk(visual: torch.nn.Module) -> bool:
+    """An open_clip `TimmModel` around an EfficientNet-style timm trunk (stem, stages, head)."""
+    trunk = getattr(visual, "trunk", None)
+    return trunk is not None and all(hasattr(trunk, part) for part in _TIMM_PARTS)
+
+
 def stage_modules(visual: torch.nn.Module) -> list[torch.nn.Module]:
     """The stages whose outputs are tapped: a timm trunk's `blocks`, in order; none for other
     towers (a ViT's heads then read its embedding alone)."""
-    trunk = getattr(visual, "trunk", None)
-    blocks = getattr(trunk, "blocks", None)
-    return list(blocks) if isinstance(blocks, torch.nn.Sequential) else []
+    if not is_timm_trunk(visual):
+        return []
+    trunk: Any = visual.trunk
+    return list(trunk.blocks)
+
+
+def pooled_unit(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, ...) stage output -> (B, C) float32, averaged over space, L2-normalised."""
+    pooled = x.float().mean(dim=tuple(range(2, x.dim())))
+    return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 def head_taps(head: torch.nn.Module) -> int:
@@ -373,7 +402,8 @@ class StageTaps:
 
     Early stages see colour, stroke and texture, which the pooled last layer averages away; a
     `head` that reads them beside the embedding ranks the demo's fine-grained categories
-    better (README, "The closed loop"). Gradients flow through the taps.
+    better (README, "The closed loop"). Gradients flow through the taps. For modules only one
+    thread runs (a training copy); `Encoder.tapped` computes the same taps without hooks.
     """
 
     def __init__(self, modules: Sequence[torch.nn.Module]) -> None:
@@ -393,8 +423,7 @@ class StageTaps:
 
     def _keeper(self, n: int) -> Callable[..., None]:
         def keep(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
-            pooled = output.float().mean(dim=tuple(range(2, output.dim())))  # (B, C)
-            self.outputs[n] = torch.nn.functional.normalize(pooled, dim=-1)
+            self.outputs[n] = pooled_unit(output)
 
         return keep
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.encoder import StageTaps, freeze_batch_norm, head_taps, stage_modules
+from core.encoder import StageTaps, freeze_batch_norm, head_taps, is_timm_trunk, stage_modules
 from core.images import ImageError, load_image
 from core.training import (
     Callback,
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
     from core.studio import Studio
 
 TOWER_MODES = ("partial", "full")
-_TIMM_PARTS = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "forward_head")
 
 
 class _TimmSuffix(nn.Module):
@@ -105,11 +104,6 @@ class Tower:
         }
 
 
-def _is_timm_trunk(visual: nn.Module) -> bool:
-    trunk = getattr(visual, "trunk", None)
-    return trunk is not None and all(hasattr(trunk, part) for part in _TIMM_PARTS)
-
-
 def split_tower(visual: nn.Module, mode: str, blocks: int = 1) -> Tower:
     """A trainable copy of `visual` cut for `mode` (module doc); `visual` is left unchanged."""
     if mode not in TOWER_MODES:
@@ -122,7 +116,7 @@ def split_tower(visual: nn.Module, mode: str, blocks: int = 1) -> Tower:
     stages = stage_modules(tower)
     if mode == "full":
         return Tower(lambda pixels: pixels, _WholeTower(tower), "pixels", (), stages)
-    if _is_timm_trunk(tower):
+    if is_timm_trunk(tower):
         trunk: Any = tower.trunk
         if blocks > len(trunk.blocks):
             raise TrainingError(

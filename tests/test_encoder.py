@@ -137,7 +137,7 @@ def test_imagenet_head_names_demo_stamps(
 # --- stage taps ------------------------------------------------------------------------------
 
 
-def test_taps_are_each_stages_pooled_unit_vector_and_the_hooks_go_away(
+def test_taps_are_each_stages_pooled_unit_vector_and_leave_no_hook(
     tiny_encoder: Encoder,
 ) -> None:
     stages = stage_modules(tiny_encoder.model.visual)
@@ -161,7 +161,7 @@ def test_taps_are_each_stages_pooled_unit_vector_and_the_hooks_go_away(
             widths.append(width)
             start += width
     assert taps.shape == (3, sum(widths))
-    assert all(not stage._forward_hooks for stage in stages)  # removed after the pass
+    assert all(not stage._forward_hooks for stage in stages)  # shared models stay hook-free
 
 
 def test_a_tower_without_stages_has_no_taps_and_heads_read_the_embedding_alone() -> None:
