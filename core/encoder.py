@@ -337,7 +337,10 @@ class Encoder:
             features: torch.Tensor = self.model.encode_image(batch)
             return features
         # heads were trained on the unit vectors the parent indexes, and the tower's taps
-        features, taps = self.tapped(batch)
+        if any(head_taps(head) for head in self.heads):
+            features, taps = self.tapped(batch)
+        else:  # heads from before the taps
+            features, taps = self.model.encode_image(batch), torch.zeros(len(batch), 0)
         features = torch.nn.functional.normalize(features.float(), dim=-1)
         for head in self.heads:
             features = head(torch.cat([features, taps], dim=1) if head_taps(head) else features)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -104,6 +105,7 @@ def self_supervised(
         raise TrainingError("Self-supervised training needs at least 4 readable images.")
     if settings.mode != "head":
         raise TrainingError("Self-supervised training trains the head mode only.")
+    settings = replace(settings, taps=False)  # its head reads the embedding alone
     parent = studio.active_version()
     before = studio.evaluate(parent.version, split="test").metrics()
     encoder = studio.encoder(parent)

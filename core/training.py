@@ -121,9 +121,10 @@ class PairTensors:
         )  # fmt: skip
 
     def known_alike(self) -> torch.Tensor | None:
-        """(B, B) bool: [i, j] when positive j is known to be like anchor i, or like i's own
-        positive (the same image, or one group), though it is not i's pair: `InfoNCELoss`'s
-        `ignore`. None without groups."""
+        """(B, B) bool: [i, j] when positive j is known to be like anchor i (the same image,
+        or one group), like i's own positive, or the positive of an anchor like anchor i (two
+        pairs of one query image), though it is not i's pair: `InfoNCELoss`'s `ignore`. None
+        without groups."""
         groups = self.groups
         if groups is None:
             return None
@@ -135,7 +136,8 @@ class PairTensors:
         anchors, positives = keys(self.anchors), keys(self.positives)
         same_anchor = anchors[:, None] == positives[None, :]  # like the anchor
         same_positive = positives[:, None] == positives[None, :]  # like the anchor's positive
-        alike = same_anchor | same_positive
+        shared_anchor = anchors[:, None] == anchors[None, :]  # a positive of the anchor's kind
+        alike = same_anchor | same_positive | shared_anchor
         return alike & ~torch.eye(len(self), dtype=torch.bool)
 
 

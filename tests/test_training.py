@@ -179,6 +179,12 @@ def test_known_alike_marks_the_same_group_and_the_same_image_off_the_diagonal() 
                        ).known_alike() is None  # fmt: skip
     taken = pairs.take(torch.tensor([0, 2])).known_alike()
     assert taken is not None and taken.tolist() == [[False, True], [True, False]]
+    # two pairs of one query image (row 5, in no group): each positive is like the other anchor
+    shared = PairTensors(torch.tensor([5, 5, 2]), torch.tensor([2, 0, 3]),
+                         torch.zeros(3, 0, dtype=torch.long), torch.ones(3), groups)  # fmt: skip
+    alike = shared.known_alike()
+    assert alike is not None
+    assert alike.tolist() == [[False, True, False], [True, False, False], [True, False, False]]
 
 
 def test_known_alike_candidates_are_left_out_of_the_loss() -> None:
