@@ -70,7 +70,9 @@ class StoreProgress:
 
     def __init__(self, store: Store, run_id: int, epochs: int) -> None:
         self.store, self.run_id, self.epochs = store, run_id, epochs
-        self.started = time.monotonic()
+        # (time, steps done) at the first step: the ETA is the training rate since then, not
+        # counting the pass over the gallery before it (taps, a tower's prefix)
+        self.first: tuple[float, int] | None = None
         self.losses: list[dict[str, Any]] = []
         self._last_write = 0.0
 
@@ -80,13 +82,16 @@ class StoreProgress:
 
     def on_step(self, epoch: int, step: int, steps: int, loss: float) -> None:
         now = time.monotonic()
-        if now - self._last_write < 0.5 and step != steps:  # a few writes a second at most
+        done = (epoch - 1) * steps + step
+        if self.first is None:
+            self.first = (now, done)
+        elif now - self._last_write < 0.5 and step != steps:  # a few writes a second at most
             return
         self._last_write = now
-        done = (epoch - 1) * steps + step
-        eta = (now - self.started) / done * (self.epochs * steps - done)
+        since, measured = now - self.first[0], done - self.first[1]
+        eta = round(since / measured * (self.epochs * steps - done), 1) if measured else None
         progress = {"epoch": epoch, "epochs": self.epochs, "step": step, "steps": steps,
-                    "loss": loss, "eta_s": round(eta, 1)}  # fmt: skip
+                    "loss": loss, "eta_s": eta}  # fmt: skip
         self.store.training.update(self.run_id, progress=progress)
         self._check_cancel()
 
@@ -102,7 +107,8 @@ def run_training_job(studio: Studio, run_id: int) -> TrainingRun:
     run = training.get(run_id)
     if run.status != "queued":
         return run
-    training.update(run_id, status="running", pid=os.getpid())
+    training.update(run_id, status="running", pid=os.getpid(),
+                    message="Reading the gallery, then training.")  # fmt: skip
     settings = TrainSettings(**run.settings)
     callback = StoreProgress(studio.store, run_id, settings.epochs)
     try:

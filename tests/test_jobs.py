@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import core.jobs
 from core.jobs import StoreProgress, reap_stale, run_training_job, start_training
 from core.simulate import simulate
 from core.store import StoreError
@@ -42,6 +43,21 @@ def test_a_run_in_process_records_progress_losses_and_the_new_version(
     assert done.progress["epoch"] == 4 and done.progress["step"] == done.progress["steps"]
     assert "test mAP@10" in (done.message or "")
     assert not with_feedback.store.get_model_version("ft-0001").active  # the user activates
+
+
+def test_the_eta_counts_training_steps_only(
+    with_feedback: Studio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(core.jobs.time, "monotonic", lambda: clock[0])
+    run = with_feedback.store.training.queue("base", {"epochs": 2})
+    progress = StoreProgress(with_feedback.store, run.id, epochs=2)
+    clock[0] += 30  # the pass over the gallery before the first step: not training
+    progress.on_step(1, 1, 4, 1.0)
+    assert with_feedback.store.training.get(run.id).progress["eta_s"] is None  # no rate yet
+    clock[0] += 2
+    progress.on_step(1, 2, 4, 0.9)  # one step in 2 s, 6 of 8 steps left
+    assert with_feedback.store.training.get(run.id).progress["eta_s"] == 12.0
 
 
 def test_one_run_at_a_time(with_feedback: Studio) -> None:
