@@ -200,10 +200,12 @@ def fine_tune(
         # (n, D) frozen unit features, read once above, and the tower's (n, t) stage taps
         taps = np.zeros((len(ids), 0), dtype=np.float32)
         if settings.taps:
-            from core.tower import gallery_taps
+            from core.tower import gallery_taps, taps_key
 
             started = time.perf_counter()
-            taps = gallery_taps(studio, studio.encoder(parent), ids)
+            models = studio.settings.models_dir
+            key = taps_key(parent.encoder, [models / f for f in parent.card.get("tower", [])])
+            taps = gallery_taps(studio, studio.encoder(parent), ids, key)
             prepared = round(time.perf_counter() - started, 2)
         inputs = np.concatenate([vectors, taps], axis=1)
         head = ResidualHead(vectors.shape[1], taps=taps.shape[1])

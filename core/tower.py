@@ -27,9 +27,13 @@ parameter names (`trunk.blocks.6.0.conv_pw.weight`), so loading them is the towe
 from __future__ import annotations
 
 import copy
+import hashlib
+import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -230,10 +234,43 @@ def over_gallery(
     return tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
 
 
-def gallery_taps(studio: Studio, encoder: Encoder, ids: Sequence[str]) -> np.ndarray:
+TAPS_DIR = "taps"  # under the models folder: one cache file per tower
+
+
+def taps_key(encoder_name: str, tower_files: Sequence[Path]) -> str:
+    """A cache key for a tower: its encoder and the bytes of its fine-tuned weight files."""
+    digest = hashlib.sha256(encoder_name.encode())
+    for path in tower_files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray]:
+    """Cached taps by image id; a missing or unreadable file is an empty cache."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return dict(zip(data["ids"].tolist(), data["taps"], strict=True))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return {}
+
+
+def _write_cache(path: Path, taps: dict[str, np.ndarray]) -> None:
+    """Write atomically: a temporary file in the same folder, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
+        np.savez(tmp, ids=np.array(list(taps), dtype=str), taps=np.stack(list(taps.values())))
+    Path(tmp.name).replace(path)
+
+
+def gallery_taps(
+    studio: Studio, encoder: Encoder, ids: Sequence[str], key: str | None = None
+) -> np.ndarray:
     """(n, t) float32 stage taps of the catalogued `ids` through `encoder`'s tower (`head`
-    mode's extra inputs): one forward pass over the gallery; (n, 0), reading nothing, for a
-    tower without stages."""
+    mode's extra inputs); (n, 0), reading nothing, for a tower without stages.
+
+    Taps depend only on the tower and the image bytes (ids are their sha256), so with a `key`
+    (`taps_key`) they are kept in `models/taps/KEY.npz`: the first run makes one forward pass
+    over the gallery, later runs read only images added since."""
     if not stage_modules(encoder.model.visual):
         return np.zeros((len(ids), 0), dtype=np.float32)
 
@@ -241,7 +278,15 @@ def gallery_taps(studio: Studio, encoder: Encoder, ids: Sequence[str]) -> np.nda
         with torch.inference_mode():
             return (encoder.tapped(pixels)[1],)
 
-    return over_gallery(studio, encoder, ids, taps)[0].numpy()
+    path = studio.settings.models_dir / TAPS_DIR / f"{key}.npz" if key else None
+    known = _read_cache(path) if path else {}
+    missing = [image_id for image_id in dict.fromkeys(ids) if image_id not in known]
+    if missing:
+        fresh = over_gallery(studio, encoder, missing, taps)[0].numpy()
+        known.update(zip(missing, fresh, strict=True))
+        if path:
+            _write_cache(path, known)
+    return np.stack([known[image_id] for image_id in ids]).astype(np.float32)
 
 
 def _prefix_all(

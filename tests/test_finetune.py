@@ -19,11 +19,13 @@ import pytest
 import torch
 from safetensors.numpy import load_file as load_numpy
 
+import core.tower
 import core.training
 from core.evaluation import EvaluationError
 from core.finetune import HEAD_FILE, FineTuneReport, load_heads
 from core.images import load_image
 from core.studio import Studio
+from core.tower import TAPS_DIR
 from core.training import ResidualHead, TrainingCancelled, TrainingError, TrainSettings
 from tests.conftest import FED_PER_LABEL, GALLERY_LABELS
 from tests.test_cli import run_cli, run_json
@@ -75,9 +77,13 @@ def brute_force_metrics(studio: Studio, version: str) -> dict[str, float]:
 
 
 def leftovers(studio: Studio) -> tuple[list[str], list[str], list[str]]:
-    """What a run can write: catalog rows, index collections, files under models/."""
+    """What a run can write of a version: catalog rows, index collections, files under models/
+    (but the tap cache, `models/taps/`, which belongs to no version and is complete once
+    written)."""
     models = studio.settings.models_dir
-    files = sorted(str(p.relative_to(models)) for p in models.rglob("*")) if models.exists() else []
+    found = models.rglob("*") if models.exists() else []
+    files = sorted(str(p.relative_to(models)) for p in found
+                   if p.relative_to(models).parts[0] != TAPS_DIR)  # fmt: skip
     return [v.version for v in studio.store.list_model_versions()], studio.index.versions(), files
 
 
@@ -277,3 +283,33 @@ def test_cli_no_taps_trains_a_head_on_the_embedding_alone(fed: Studio) -> None:
     np.testing.assert_allclose(vectors_by_id(fed, "ft-0001", gallery),
                                reference_head(vectors_by_id(fed, "base", gallery), head_file,
                                               no_taps), atol=1e-5)  # fmt: skip
+
+
+def test_taps_are_cached_per_tower_and_a_second_head_run_reads_no_image(
+    fed: Studio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed.train_from_feedback(TrainSettings(epochs=2))
+    [cache] = list((fed.settings.models_dir / TAPS_DIR).glob("*.npz"))
+    gallery = sorted(r.id for r in fed.store.list_images())
+    with np.load(cache, allow_pickle=False) as data:
+        assert sorted(data["ids"].tolist()) == gallery
+        order = {image_id: n for n, image_id in enumerate(data["ids"].tolist())}
+        np.testing.assert_allclose(data["taps"][[order[i] for i in gallery]],
+                                   reference_taps(fed, gallery), atol=1e-5)  # fmt: skip
+
+    def no_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the second run read an image")
+
+    monkeypatch.setattr(core.tower, "load_image", no_reading)
+    second = fed.train_from_feedback(TrainSettings(epochs=2))
+    head_file = fed.settings.models_dir / second.version / HEAD_FILE
+    base = vectors_by_id(fed, "base", gallery)
+    np.testing.assert_allclose(vectors_by_id(fed, second.version, gallery),
+                               reference_head(base, head_file, reference_taps(fed, gallery)),
+                               atol=1e-5)  # fmt: skip
+    # an unreadable cache is no cache: rebuilt from the images
+    monkeypatch.undo()
+    cache.write_bytes(b"not a zip")
+    fed.train_from_feedback(TrainSettings(epochs=2))
+    with np.load(cache, allow_pickle=False) as data:
+        assert sorted(data["ids"].tolist()) == gallery
