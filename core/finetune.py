@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from core.encoder import stage_modules
 from core.pairs import PairSettings, TrainingPairs, build_pairs
 from core.training import (
     Callback,
@@ -199,13 +200,14 @@ def fine_tune(
     if settings.mode == "head":
         # (n, D) frozen unit features, read once above, and the tower's (n, t) stage taps
         taps = np.zeros((len(ids), 0), dtype=np.float32)
-        if settings.taps:
+        encoder = studio.encoder(parent)
+        if settings.taps and stage_modules(encoder.model.visual):
             from core.tower import gallery_taps, taps_key
 
             started = time.perf_counter()
             models = studio.settings.models_dir
             key = taps_key(parent.encoder, [models / f for f in parent.card.get("tower", [])])
-            taps = gallery_taps(studio, studio.encoder(parent), ids, key)
+            taps = gallery_taps(studio, encoder, ids, key)
             prepared = round(time.perf_counter() - started, 2)
         inputs = np.concatenate([vectors, taps], axis=1)
         head = ResidualHead(vectors.shape[1], taps=taps.shape[1])

@@ -246,19 +246,27 @@ def taps_key(encoder_name: str, tower_files: Sequence[Path]) -> str:
 
 
 def _read_cache(path: Path) -> dict[str, np.ndarray]:
-    """Cached taps by image id; a missing or unreadable file is an empty cache."""
+    """Cached taps by image id; a missing, truncated or malformed file is an empty cache."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return dict(zip(data["ids"].tolist(), data["taps"], strict=True))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            ids, taps = data["ids"].tolist(), data["taps"]
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile):
         return {}
+    if taps.ndim != 2 or len(taps) != len(ids):
+        return {}
+    return dict(zip(ids, taps, strict=True))
 
 
 def _write_cache(path: Path, taps: dict[str, np.ndarray]) -> None:
     """Write atomically: a temporary file in the same folder, then a rename."""
+    ids, matrix = np.array(list(taps), dtype=str), np.stack(list(taps.values()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, ids=np.array(list(taps), dtype=str), taps=np.stack(list(taps.values())))
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        try:
+            np.savez(tmp, ids=ids, taps=matrix)
+        except BaseException:
+            Path(tmp.name).unlink()
+            raise
     Path(tmp.name).replace(path)
 
 
@@ -270,7 +278,9 @@ def gallery_taps(
 
     Taps depend only on the tower and the image bytes (ids are their sha256), so with a `key`
     (`taps_key`) they are kept in `models/taps/KEY.npz`: the first run makes one forward pass
-    over the gallery, later runs read only images added since."""
+    over the gallery, later runs read only images added since, and one cached image computed
+    afresh checks that the cache still matches the code and weights that would recompute it
+    (anything else, and it is rebuilt)."""
     if not stage_modules(encoder.model.visual):
         return np.zeros((len(ids), 0), dtype=np.float32)
 
@@ -280,10 +290,14 @@ def gallery_taps(
 
     path = studio.settings.models_dir / TAPS_DIR / f"{key}.npz" if key else None
     known = _read_cache(path) if path else {}
+    if probe := next((image_id for image_id in ids if image_id in known), None):
+        [fresh] = over_gallery(studio, encoder, [probe], taps)[0].numpy()
+        if fresh.shape != known[probe].shape or not np.allclose(fresh, known[probe], atol=1e-4):
+            known = {}
     missing = [image_id for image_id in dict.fromkeys(ids) if image_id not in known]
     if missing:
-        fresh = over_gallery(studio, encoder, missing, taps)[0].numpy()
-        known.update(zip(missing, fresh, strict=True))
+        computed = over_gallery(studio, encoder, missing, taps)[0].numpy()
+        known.update(zip(missing, computed, strict=True))
         if path:
             _write_cache(path, known)
     return np.stack([known[image_id] for image_id in ids]).astype(np.float32)

@@ -25,7 +25,7 @@ from core.evaluation import EvaluationError
 from core.finetune import HEAD_FILE, FineTuneReport, load_heads
 from core.images import load_image
 from core.studio import Studio
-from core.tower import TAPS_DIR
+from core.tower import TAPS_DIR, taps_key
 from core.training import ResidualHead, TrainingCancelled, TrainingError, TrainSettings
 from tests.conftest import FED_PER_LABEL, GALLERY_LABELS
 from tests.test_cli import run_cli, run_json
@@ -285,7 +285,7 @@ def test_cli_no_taps_trains_a_head_on_the_embedding_alone(fed: Studio) -> None:
                                               no_taps), atol=1e-5)  # fmt: skip
 
 
-def test_taps_are_cached_per_tower_and_a_second_head_run_reads_no_image(
+def test_taps_are_cached_per_tower_and_a_second_head_run_reads_one_image(
     fed: Studio, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fed.train_from_feedback(TrainSettings(epochs=2))
@@ -297,11 +297,16 @@ def test_taps_are_cached_per_tower_and_a_second_head_run_reads_no_image(
         np.testing.assert_allclose(data["taps"][[order[i] for i in gallery]],
                                    reference_taps(fed, gallery), atol=1e-5)  # fmt: skip
 
-    def no_reading(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the second run read an image")
+    read: list[object] = []
+    real_load_image = core.tower.load_image
 
-    monkeypatch.setattr(core.tower, "load_image", no_reading)
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        read.append(args[0])
+        return real_load_image(*args, **kwargs)
+
+    monkeypatch.setattr(core.tower, "load_image", counting)
     second = fed.train_from_feedback(TrainSettings(epochs=2))
+    assert len(read) == 1  # the one image that checks the cache against the tower
     head_file = fed.settings.models_dir / second.version / HEAD_FILE
     base = vectors_by_id(fed, "base", gallery)
     np.testing.assert_allclose(vectors_by_id(fed, second.version, gallery),
@@ -309,7 +314,39 @@ def test_taps_are_cached_per_tower_and_a_second_head_run_reads_no_image(
                                atol=1e-5)  # fmt: skip
     # an unreadable cache is no cache: rebuilt from the images
     monkeypatch.undo()
-    cache.write_bytes(b"not a zip")
-    fed.train_from_feedback(TrainSettings(epochs=2))
+    for broken in (b"not a zip", b""):
+        cache.write_bytes(broken)
+        fed.train_from_feedback(TrainSettings(epochs=2))
+        with np.load(cache, allow_pickle=False) as data:
+            assert sorted(data["ids"].tolist()) == gallery
+    # taps that no longer match what the tower computes (other weights, other code): rebuilt
     with np.load(cache, allow_pickle=False) as data:
-        assert sorted(data["ids"].tolist()) == gallery
+        ids, stale = data["ids"], data["taps"] + 0.5
+    np.savez(cache, ids=ids, taps=stale)
+    last = fed.train_from_feedback(TrainSettings(epochs=2))
+    with np.load(cache, allow_pickle=False) as data:
+        order = {image_id: n for n, image_id in enumerate(data["ids"].tolist())}
+        np.testing.assert_allclose(data["taps"][[order[i] for i in gallery]],
+                                   reference_taps(fed, gallery), atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        vectors_by_id(fed, last.version, gallery),
+        reference_head(base, fed.settings.models_dir / last.version / HEAD_FILE,
+                       reference_taps(fed, gallery)),
+        atol=1e-5,
+    )  # fmt: skip
+    assert not list((fed.settings.models_dir / TAPS_DIR).glob("*.tmp"))
+
+
+def test_the_taps_key_follows_the_encoder_and_the_tower_bytes(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    first.write_bytes(b"tower one")
+    second.write_bytes(b"tower two")
+    keys = {
+        taps_key("tiny-test", []),
+        taps_key("efficientnet-lite0", []),
+        taps_key("tiny-test", [first]),
+        taps_key("tiny-test", [second]),
+        taps_key("tiny-test", [first, second]),
+    }
+    assert len(keys) == 5
+    assert taps_key("tiny-test", [first]) == taps_key("tiny-test", [first])

@@ -60,6 +60,18 @@ def test_the_eta_counts_training_steps_only(
     assert with_feedback.store.training.get(run.id).progress["eta_s"] == 12.0
 
 
+def test_before_the_first_step_the_progress_line_says_what_the_job_does(
+    with_feedback: Studio,
+) -> None:
+    training = with_feedback.store.training
+    run = training.queue("base", {"epochs": 2})
+    assert training.get(run.id).describe() == f"Run {run.id} · queued"
+    training.update(run.id, status="running", message="Reading the gallery, then training.")
+    assert training.get(run.id).describe() == (
+        f"Run {run.id} · running · Reading the gallery, then training."
+    )
+
+
 def test_one_run_at_a_time(with_feedback: Studio) -> None:
     with_feedback.store.training.queue("base", {"epochs": 2})
     with pytest.raises(StoreError, match="one run at a time"):

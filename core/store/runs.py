@@ -128,8 +128,10 @@ class TrainingRun:
     def describe(self) -> str:
         """One line for a progress bar: status, epoch, loss, time left."""
         p = self.progress
-        if not p:
-            return f"Run {self.id} · {self.status}"
+        if not p:  # before the first step: what the job is doing instead, if it said
+            return " · ".join(
+                [f"Run {self.id}", self.status, *([self.message] if self.message else [])]
+            )
         eta = f" · about {p['eta_s']:.0f} s left" if p.get("eta_s") is not None else ""
         return (
             f"Run {self.id} · {self.status} · epoch {p['epoch']}/{p['epochs']}"
