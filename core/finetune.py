@@ -200,8 +200,8 @@ def fine_tune(
     if settings.mode == "head":
         # (n, D) frozen unit features, read once above, and the tower's (n, t) stage taps
         taps = np.zeros((len(ids), 0), dtype=np.float32)
-        encoder = studio.encoder(parent)
-        if settings.taps and stage_modules(encoder.model.visual):
+        encoder = studio.encoder(parent) if settings.taps else None  # --no-taps needs none
+        if encoder is not None and stage_modules(encoder.model.visual):
             from core.tower import gallery_taps, taps_key
 
             started = time.perf_counter()
