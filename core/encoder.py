@@ -342,9 +342,7 @@ class Encoder:
         else:  # heads from before the taps
             features, taps = self.model.encode_image(batch), torch.zeros(len(batch), 0)
         features = torch.nn.functional.normalize(features.float(), dim=-1)
-        for head in self.heads:
-            features = head(torch.cat([features, taps], dim=1) if head_taps(head) else features)
-        return features
+        return apply_heads(self.heads, features, taps)
 
     def encode(
         self,
@@ -397,6 +395,16 @@ def pooled_unit(x: torch.Tensor) -> torch.Tensor:
 def head_taps(head: torch.nn.Module) -> int:
     """How many tap columns a head reads after the embedding (0: the embedding alone)."""
     return int(getattr(head, "taps", 0))
+
+
+def apply_heads(
+    heads: Sequence[torch.nn.Module], features: torch.Tensor, taps: torch.Tensor
+) -> torch.Tensor:
+    """(B, d) unit vectors through `heads` in order; a head that reads taps gets the (B, t)
+    taps after the vector."""
+    for head in heads:
+        features = head(torch.cat([features, taps], dim=1) if head_taps(head) else features)
+    return features
 
 
 class StageTaps:

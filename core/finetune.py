@@ -12,7 +12,6 @@ failure removes what was written.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -21,9 +20,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from core.encoder import stage_modules
+from core.ingest import atomic_write
 from core.pairs import PairSettings, TrainingPairs, build_pairs
 from core.training import (
     Callback,
@@ -103,12 +103,8 @@ def _tensors(pairs: TrainingPairs, row: dict[str, int]) -> PairTensors:
 
 
 def _save_state(state: Mapping[str, torch.Tensor], target: Path) -> None:
-    """Write weights atomically: a temporary file in the same folder, then a rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False) as tmp:
-        pass
-    save_file({k: v.contiguous() for k, v in state.items()}, tmp.name)
-    Path(tmp.name).replace(target)
+    """Write weights atomically (`atomic_write`: a temporary file, then a rename)."""
+    atomic_write(target, save({k: v.contiguous() for k, v in state.items()}))
 
 
 def feedback_pairs(studio: Studio, pair_settings: PairSettings) -> TrainingPairs:

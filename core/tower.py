@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import tempfile
+import io
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -40,8 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.encoder import StageTaps, freeze_batch_norm, head_taps, is_timm_trunk, stage_modules
+from core.encoder import StageTaps, apply_heads, freeze_batch_norm, is_timm_trunk, stage_modules
 from core.images import ImageError, load_image
+from core.ingest import atomic_write
 from core.training import (
     Callback,
     History,
@@ -184,9 +185,7 @@ class TowerModel(nn.Module):
         with StageTaps(self._stages) as stages:
             features = nn.functional.normalize(self.suffix(x).float(), dim=-1)
         taps = torch.cat([prefix_taps, stages.tensor(len(x))], dim=1)
-        for head in [*self.parent_heads, self.head]:
-            features = head(torch.cat([features, taps], dim=1) if head_taps(head) else features)
-        return features
+        return apply_heads([*self.parent_heads, self.head], features, taps)
 
 
 @dataclass(frozen=True)
@@ -258,16 +257,10 @@ def _read_cache(path: Path) -> dict[str, np.ndarray]:
 
 
 def _write_cache(path: Path, taps: dict[str, np.ndarray]) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename."""
-    ids, matrix = np.array(list(taps), dtype=str), np.stack(list(taps.values()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        try:
-            np.savez(tmp, ids=ids, taps=matrix)
-        except BaseException:
-            Path(tmp.name).unlink()
-            raise
-    Path(tmp.name).replace(path)
+    """Write atomically (`atomic_write`: a temporary file in the same folder, then a rename)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, ids=np.array(list(taps), dtype=str), taps=np.stack(list(taps.values())))
+    atomic_write(path, buffer.getvalue())
 
 
 def gallery_taps(

@@ -89,7 +89,7 @@ def leftovers(studio: Studio) -> tuple[list[str], list[str], list[str]]:
 
 def tmp_files(studio: Studio) -> list[Path]:
     models = studio.settings.models_dir
-    return list(models.rglob("*.tmp")) if models.exists() else []
+    return list(models.rglob(".tmp-*")) if models.exists() else []
 
 
 # --- a run -----------------------------------------------------------------------------------
@@ -334,7 +334,7 @@ def test_taps_are_cached_per_tower_and_a_second_head_run_reads_one_image(
                        reference_taps(fed, gallery)),
         atol=1e-5,
     )  # fmt: skip
-    assert not list((fed.settings.models_dir / TAPS_DIR).glob("*.tmp"))
+    assert not list((fed.settings.models_dir / TAPS_DIR).glob(".tmp-*"))
 
 
 def test_the_taps_key_follows_the_encoder_and_the_tower_bytes(tmp_path: Path) -> None:
