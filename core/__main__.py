@@ -16,6 +16,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.choices import (
+    EVAL_SPLITS,
+    EXPORT_FORMATS,
+    PROJECTION_METHODS,
+    RELEVANCE_SOURCES,
+    TRAIN_MODES,
+)
+from core.errors import LookalikeError
+
 
 def _progress(label: str) -> Callable[[int, int], None]:
     """Progress on stderr: one line updated in place on a terminal, every 10 % in a log."""
@@ -60,7 +69,7 @@ def _report_ingest(report: Any, as_json: bool) -> int:
 
 
 def cmd_search(studio: Any, args: argparse.Namespace) -> int:
-    from core.images import ImageError, load_image
+    from core.gallery.images import ImageError, load_image
 
     queries: list[dict[str, Any]] = []
     failed = 0
@@ -88,7 +97,9 @@ def cmd_search(studio: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(studio: Any, args: argparse.Namespace) -> int:
-    result = studio.evaluate(args.model, args.split, args.k, args.relevance)
+    from core.measure.evaluation import evaluate
+
+    result = evaluate(studio, args.model, args.split, args.k, args.relevance)
     payload = result.as_dict(per_label=args.per_label)
     lines = [
         f"{result.model} · split {result.split} · k={result.k} · relevance {result.relevance}",
@@ -108,17 +119,6 @@ def cmd_evaluate(studio: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _version_row(version: Any) -> dict[str, Any]:
-    return {
-        "version": version.version,
-        "active": version.active,
-        "parent": version.parent,
-        "mode": version.card.get("mode"),
-        "created_at": version.created_at,
-        "metrics": version.card.get("metrics", {}),
-    }
-
-
 def _version_line(row: dict[str, Any]) -> str:
     """One `models` line: active mark, name, parent, mode and test metrics when trained."""
     metrics = row["metrics"]
@@ -131,19 +131,20 @@ def _version_line(row: dict[str, Any]) -> str:
 
 
 def cmd_models(studio: Any, args: argparse.Namespace) -> int:
-    rows = [_version_row(v) for v in studio.store.list_model_versions()]
+    keys = ("version", "active", "parent", "mode", "created_at", "metrics")
+    rows = [{key: v.summary()[key] for key in keys} for v in studio.versions()]
     _emit(rows, args.json, "\n".join(_version_line(r) for r in rows))
     return 0
 
 
 def cmd_activate(studio: Any, args: argparse.Namespace) -> int:
-    version = studio.store.activate(args.version)
+    version = studio.activate(args.version)
     _emit({"active": version.version}, args.json, f"active: {version.version}")
     return 0
 
 
 def cmd_simulate(studio: Any, args: argparse.Namespace) -> int:
-    from core.simulate import ClickModel, simulate
+    from core.measure.simulate import ClickModel, simulate
 
     model = ClickModel(noise=args.noise)
     report = simulate(studio, n_queries=args.queries, seed=args.seed, k=args.k, model=model)
@@ -176,22 +177,21 @@ class _EpochPrinter:
 
 
 def cmd_train(studio: Any, args: argparse.Namespace) -> int:
-    from core.training import TrainSettings
+    from core.learn.finetune import fine_tune
+    from core.learn.training import TrainSettings
 
     settings = TrainSettings.for_mode(
         args.mode, epochs=args.epochs, blocks=args.blocks, taps=False if args.no_taps else None
     )
     if args.images:  # self-supervised: no labels, two augmented views per image
-        from core.selfsup import load_folder, self_supervised
+        from core.learn.selfsup import load_folder, self_supervised
 
         report = self_supervised(
             studio, load_folder(args.images), settings, activate=args.activate,
             callbacks=[_EpochPrinter()],
         )  # fmt: skip
     else:
-        report = studio.train_from_feedback(
-            settings, activate=args.activate, callbacks=[_EpochPrinter()]
-        )
+        report = fine_tune(studio, settings, activate=args.activate, callbacks=[_EpochPrinter()])
     payload = report.as_dict()
     del payload["summary"]  # on the version's card (`models`); too long for a terminal
     unit = "images" if args.images else "pairs"
@@ -212,7 +212,7 @@ def cmd_train(studio: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_train_job(studio: Any, args: argparse.Namespace) -> int:
-    from core.jobs import run_training_job
+    from core.learn.jobs import run_training_job
 
     run = run_training_job(studio, args.run_id)
     _emit({"run": run.id, "status": run.status, "version": run.version, "message": run.message},
@@ -223,17 +223,19 @@ def cmd_train_job(studio: Any, args: argparse.Namespace) -> int:
 def cmd_project(studio: Any, args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from core.measure.maps import layout
+
     def stage(text: str) -> None:
         print(f"project: {text}", file=sys.stderr, flush=True)
 
-    layout = studio.layout(args.model, args.method, stage)
-    labels = {r.id: r.label for r in studio.store.get_images(layout.ids).values()}
+    mapped = layout(studio, args.model, args.method, stage)
+    records = studio.images_by_id()
     table = pd.DataFrame(
         {
-            "image_id": layout.ids,
-            "label": [labels.get(i) for i in layout.ids],
-            "x": layout.coords[:, 0],
-            "y": layout.coords[:, 1],
+            "image_id": mapped.ids,
+            "label": [records[i].label if i in records else None for i in mapped.ids],
+            "x": mapped.coords[:, 0],
+            "y": mapped.coords[:, 1],
         }
     )
     out = Path(args.out)
@@ -241,17 +243,17 @@ def cmd_project(studio: Any, args: argparse.Namespace) -> int:
     table.to_csv(out, index=False)
     payload = {
         "path": str(out),
-        "method": layout.method,
+        "method": mapped.method,
         "points": len(table),
-        "total": layout.total,
+        "total": mapped.total,
     }
-    _emit(payload, args.json, f"{len(table)} points ({layout.method}) -> {out}")
+    _emit(payload, args.json, f"{len(table)} points ({mapped.method}) -> {out}")
     return 0
 
 
 def cmd_bench(studio: Any, args: argparse.Namespace) -> int:
-    from core.bench import run_bench
-    from core.demo import STAMPS_SUBDIR
+    from core.gallery.demo import STAMPS_SUBDIR
+    from core.measure.bench import run_bench
 
     folder = Path(args.folder) if args.folder else studio.settings.demo_dir / "root" / STAMPS_SUBDIR
     figures = run_bench(studio, folder, args.images, args.queries, args.k, args.umap)
@@ -284,11 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=10)
     evaluate = add("evaluate", cmd_evaluate, "Offline ranking metrics of a model version.")
     evaluate.add_argument("--model", help="version (default: the active one)")
-    evaluate.add_argument("--split", choices=("all", "train", "test"), default="all")
+    evaluate.add_argument("--split", choices=EVAL_SPLITS, default="all")
     evaluate.add_argument("-k", type=int, default=10)
     evaluate.add_argument(
         "--relevance",
-        choices=("labels", "feedback"),
+        choices=RELEVANCE_SOURCES,
         default="labels",
         help="same label, or the logged similar / not similar / grades",
     )
@@ -305,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export = add("export-interactions", cmd_export, "Write the interaction log as CSV or Parquet.")
     export.add_argument("out")
-    export.add_argument("--format", choices=("csv", "parquet"), help="default: from the extension")
+    export.add_argument("--format", choices=EXPORT_FORMATS, help="default: from the extension")
     train = add("train", cmd_train, "Fine-tune the active version into a new model version.")
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -319,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--mode",
-        choices=("head", "partial", "full"),  # core.training.MODES (not imported: torch)
+        choices=TRAIN_MODES,
         default="head",
         help="head: an adapter on the frozen encoder's features and stage taps (about half a "
         "minute on the demo); partial: the last blocks of the image tower too (about a minute); "
@@ -342,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     project = add("project", cmd_project, "Write a 2-D map of a version's gallery as CSV.")
     project.add_argument("out", help="CSV with image_id, label, x, y")
     project.add_argument("--model", help="version (default: the active one)")
-    project.add_argument("--method", choices=("umap", "pca"), default="umap")
+    project.add_argument("--method", choices=PROJECTION_METHODS, default="umap")
     bench = add("bench", cmd_bench, "Measure ingest speed, search latency and index recall.")
     bench.add_argument("--folder", help="images to time ingest on (default: the demo stamps)")
     bench.add_argument("--images", type=int, default=200, help="how many images to ingest")
@@ -360,35 +362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("ignore")  # library deprecation chatter is not for users
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from core.config import ConfigError, load_settings
-    from core.demo import DemoDataError
-    from core.encoder import EncoderError
-    from core.evaluation import EvaluationError
-    from core.images import ImageError
-    from core.index import VectorIndexError
-    from core.projection import ProjectionError
-    from core.simulate import SimulationError
-    from core.store import StoreError
-    from core.studio import EmptyGalleryError, Studio
-    from core.training import TrainingError
+    from core.config import load_settings
+    from core.studio import Studio
 
-    errors = (
-        ConfigError,
-        DemoDataError,
-        EncoderError,
-        EvaluationError,
-        ImageError,
-        VectorIndexError,
-        StoreError,
-        SimulationError,
-        ProjectionError,
-        TrainingError,
-        EmptyGalleryError,
-    )
     try:
         studio = Studio(load_settings(args.data_dir))
         return int(args.handler(studio, args))
-    except errors as exc:
+    except LookalikeError as exc:  # a user's mistake: one sentence, never a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from core.errors import LookalikeError
+
 DATA_ENV = "LOOKALIKE_DATA"
 CONFIG_ENV = "LOOKALIKE_CONFIG"
 DEFAULT_DATA_DIR = Path("data")
 
 
-class ConfigError(ValueError):
+class ConfigError(LookalikeError, ValueError):
     """A setting has a value that cannot be used; the message says which and why."""
 
 
@@ -53,7 +55,7 @@ class Settings:
 
     data_dir: Path = DEFAULT_DATA_DIR  # catalog, images, thumbnails, index and models live here
     encoder: str = (
-        "efficientnet-lite0"  # the base encoder, a name from core.encoder.list_encoders()
+        "efficientnet-lite0"  # the base encoder, a name from core.encoder.model.list_encoders()
     )
     batch_size: int = 32  # images per encoder forward pass
     images: ImageLimits = field(default_factory=ImageLimits)

@@ -14,35 +14,41 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
 from core.config import Settings
-from core.demo import DEMO_EXTENSIONS, fetch_demo_stamps
-from core.encoder import Encoder, load_encoder
-from core.evaluation import Evaluation, QueryVectors, evaluate_version, evaluation_from_run
-from core.finetune import FineTuneReport, fine_tune, load_heads, load_tower
-from core.images import IMAGE_EXTENSIONS, LoadedImage, load_image
-from core.index import Hit, VectorIndex
-from core.ingest import (
+from core.encoder.model import Encoder, load_encoder
+from core.encoder.versions import load_heads, load_tower
+from core.errors import LookalikeError
+from core.files import atomic_write
+from core.gallery.demo import DEMO_EXTENSIONS, fetch_demo_stamps
+from core.gallery.images import IMAGE_EXTENSIONS, LoadedImage, load_image
+from core.gallery.ingest import (
     IngestReport,
     Progress,
-    atomic_write,
     file_name_for,
     ingest,
     iter_candidates,
     sync_index,
 )
-from core.pairs import PairSettings
-from core.projection import Layout, ProjectionCache, Stage
-from core.refine import RocchioWeights, feedback_examples, rocchio
-from core.store import ImageRecord, LoggedQuery, ModelVersion, Store
-from core.training import Callback, TrainSettings
+from core.search.index import Hit, VectorIndex
+from core.search.refine import RocchioWeights, feedback_examples, rocchio
+from core.store import (
+    ImageRecord,
+    LoggedQuery,
+    ModelVersion,
+    ResultLabel,
+    Store,
+    TrainingRun,
+    User,
+)
 
 log = logging.getLogger(__name__)
 
 
-class EmptyGalleryError(RuntimeError):
+class EmptyGalleryError(LookalikeError, RuntimeError):
     """Search was asked of a gallery with no images."""
 
 
@@ -112,6 +118,82 @@ class Studio:
                 else base
             )
         return self._encoders[version.version]
+
+    # --- the catalog and the log, as the pages and the command line read them -------------
+
+    def count_images(self) -> int:
+        return self.store.count_images()
+
+    def label_counts(self) -> dict[str, int]:
+        """Images per label ("" for unlabelled)."""
+        return self.store.label_counts()
+
+    def list_images(self, label: str | None = None) -> list[ImageRecord]:
+        """Catalogued images, oldest first; `label` matches the label or any sub-label."""
+        return self.store.list_images(label=label)
+
+    def images_by_id(self) -> dict[str, ImageRecord]:
+        return {record.id: record for record in self.store.list_images()}
+
+    def versions(self) -> list[ModelVersion]:
+        return self.store.list_model_versions()
+
+    def indexed_versions(self) -> list[str]:
+        """Versions whose index collection holds vectors (the ones a page can search or map)."""
+        return [v.version for v in self.versions() if self.index.count(v.version)]
+
+    def activate(self, version: str) -> ModelVersion:
+        """Make `version` the one search uses (roll back by activating its parent)."""
+        return self.store.activate(version)
+
+    def state_signature(self) -> str:
+        """Changes whenever the gallery or the log does (a key for cached results)."""
+        return self.store.state_signature()
+
+    def users(self) -> list[User]:
+        return self.store.list_users()
+
+    def user(self, name: str | None = None, user_id: int | None = None) -> User:
+        """The user with `user_id`, or the one named `name` (created on first use)."""
+        if user_id is not None:
+            return self.store.get_user(user_id)
+        return self.store.ensure_user(name or "guest")
+
+    def set_user_location(self, user_id: int, location: str | None) -> User:
+        return self.store.set_user_location(user_id, location)
+
+    def log_interaction(
+        self, query_id: int, image_id: str, kind: str, value: int | None = None
+    ) -> None:
+        """One row of the log for a shown result: a click, (un)labelling, a grade."""
+        self.store.feedback.log_interaction(query_id, image_id, kind, value=value)
+
+    def query_chain(self, query_id: int) -> list[int]:
+        """Query ids from the original search to `query_id` along its refinements."""
+        return [query.id for query in self.store.feedback.query_chain(query_id)]
+
+    def result_labels(self, query_ids: Sequence[int]) -> dict[str, ResultLabel]:
+        """The latest label and grade of each result judged in these queries."""
+        return self.store.feedback.labels(list(query_ids))
+
+    def interaction_counts(self, user_id: int | None = None) -> dict[str, int]:
+        """Rows per interaction type (of one user, or everyone's)."""
+        return self.store.feedback.counts(user_id=user_id)
+
+    def interactions(self, *, with_query_id: bool = False) -> pd.DataFrame:
+        """The whole log with the seed's column names (`FeedbackLog.interactions`)."""
+        return self.store.feedback.interactions(with_query_id=with_query_id)
+
+    def log_bytes(self, fmt: str = "csv") -> bytes:
+        """The whole log as CSV or Parquet, for a download."""
+        return self.store.feedback.log_bytes(fmt)
+
+    def training_runs(self, limit: int = 20) -> list[TrainingRun]:
+        return self.store.training.runs(limit=limit)
+
+    def cancel_training(self, run_id: int) -> bool:
+        """Ask a live training run to stop; False when it had already ended."""
+        return self.store.training.request_cancel(run_id)
 
     def image_path(self, record: ImageRecord) -> Path:
         return self.settings.images_dir / record.file
@@ -215,35 +297,7 @@ class Studio:
             raise EmptyGalleryError(f"Image {image_id[:12]}… has no vector in {version!r}.")
         return self.search_vectors(vectors, k, exclude=[{image_id}])[0]
 
-    def evaluate(
-        self,
-        version: str | None = None,
-        split: str = "all",
-        k: int = 10,
-        relevance: str = "labels",
-        *,
-        reuse: bool = False,
-    ) -> Evaluation:
-        """Offline metrics (core.evaluation) of a version, by default the active one; stored
-        as an evaluation run. With `reuse`, a stored run of the same gallery state answers."""
-        name = version or self.active_version().version
-        signature = self.store.state_signature()
-        if reuse and (
-            run := self.store.runs.latest_evaluation(name, split, k, relevance, signature)
-        ):
-            return evaluation_from_run(run)
-        result = evaluate_version(
-            self.store, self.index, name, split, k, relevance, self.query_vectors(name)
-        )
-        self.store.runs.add_evaluation(
-            model_version=name, split=split, k=k, relevance=relevance,
-            n_queries=result.n_queries, n_excluded=result.n_excluded,
-            metrics=result.metrics() | {f"{m}_interval": b for m, b in result.intervals.items()},
-            per_label=result.per_label, signature=signature, seconds=result.seconds,
-        )  # fmt: skip
-        return result
-
-    def query_vectors(self, version: str) -> QueryVectors:
+    def query_vectors(self, version: str) -> Callable[[Sequence[str]], dict[str, np.ndarray]]:
         """Vectors of query images under `version`: stored ones, else uploads re-encoded."""
 
         def lookup(ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -262,15 +316,6 @@ class Studio:
     def image_signature(self) -> str:
         """The gallery part of the state signature (a map does not change with the log)."""
         return self.store.state_signature().split("|log=")[0]
-
-    def layout(
-        self, version: str | None = None, method: str = "umap", stage: Stage | None = None
-    ) -> Layout:
-        """A 2-D map of a version's gallery vectors, cached on disk per gallery state."""
-        name = version or self.active_version().version
-        ids, vectors = self.index.get_embeddings(name)
-        cache = ProjectionCache(self.settings.projections_dir)
-        return cache.layout(name, self.image_signature(), ids, vectors, method, stage)
 
     # --- the feedback loop ----------------------------------------------------------------
 
@@ -353,18 +398,3 @@ class Studio:
             parent_id=query_id,
             location=chain[-1].location,
         )
-
-    # --- fine-tuning ------------------------------------------------------------------------
-
-    def train_from_feedback(
-        self,
-        settings: TrainSettings | None = None,
-        pair_settings: PairSettings | None = None,
-        *,
-        activate: bool = False,
-        callbacks: Sequence[Callback] = (),
-    ) -> FineTuneReport:
-        """Fine-tune the active version on the logged feedback (train split only) into a new
-        version, re-indexed and evaluated on `test`; see `core.finetune`."""
-        return fine_tune(self, settings or TrainSettings(), pair_settings or PairSettings(),
-                         activate=activate, callbacks=callbacks)  # fmt: skip

@@ -6,11 +6,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.demo import DemoDataError, fetch_demo_stamps
-from core.images import IMAGE_EXTENSIONS
-from core.ingest import IngestReport
+from core.gallery.demo import DemoDataError, fetch_demo_stamps
+from core.gallery.ingest import IngestReport
 from ui.resources import get_studio
 from ui.state import require_app_frame
+from ui.text import ALL_LABELS, UPLOAD_GALLERY_TYPES
 from ui.widgets import progress_bar
 
 PAGE_SIZE = 40
@@ -28,7 +28,7 @@ def show_report(report: IngestReport) -> None:
         st.dataframe(pd.DataFrame(report.as_dict()["rejected"]), hide_index=True)
 
 
-with st.expander("Add images", expanded=studio.store.count_images() == 0):
+with st.expander("Add images", expanded=studio.count_images() == 0):
     by_path, by_upload, demo = st.tabs(
         ["Folder or zip on the server", "Upload files", "Demo gallery"]
     )
@@ -46,7 +46,7 @@ with st.expander("Add images", expanded=studio.store.count_images() == 0):
     with by_upload:
         uploads = st.file_uploader(
             "Images or zip archives",
-            type=[*sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), "zip"],
+            type=UPLOAD_GALLERY_TYPES,
             accept_multiple_files=True,
         )
         labels_from_zip = st.checkbox(
@@ -78,7 +78,7 @@ with st.expander("Add images", expanded=studio.store.count_images() == 0):
             except DemoDataError as exc:
                 st.error(str(exc))
 
-counts = studio.store.label_counts()
+counts = studio.label_counts()
 if not counts:
     st.info("No images yet: add some above.")
     st.stop()
@@ -89,13 +89,13 @@ with per_label:
     table["label"] = table["label"].replace("", "(unlabelled)")
     st.dataframe(table, hide_index=True, width="stretch")
 with browse:
-    options = ["(all)", *sorted(label for label in counts if label)]
+    options = [ALL_LABELS, *sorted(label for label in counts if label)]
     label = st.selectbox(
         "Filter by label",
         options,
-        format_func=lambda x: x if x == "(all)" else f"{x} ({counts[x]})",
+        format_func=lambda x: x if x == ALL_LABELS else f"{x} ({counts[x]})",
     )
-    records = studio.store.list_images(label=None if label == "(all)" else label)
+    records = studio.list_images(label=None if label == ALL_LABELS else label)
     pages = max(1, -(-len(records) // PAGE_SIZE))
     page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1)
     shown = records[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]

@@ -3,17 +3,16 @@
 import pandas as pd
 import streamlit as st
 
-from core.evaluation import (
-    EVAL_SPLITS,
-    RELEVANCE_SOURCES,
+from core.choices import EVAL_SPLITS, METRIC_NAMES, RELEVANCE_SOURCES
+from core.measure.evaluation import (
     EvaluationError,
     Ranking,
-    build_ranking,
+    evaluate,
     metric_curves,
+    studio_ranking,
     worst_queries,
 )
-from core.metrics import METRIC_NAMES
-from core.online import click_through, labelled_share, rates_by, similar_share
+from core.measure.online import click_through, labelled_share, rates_by, similar_share
 from core.studio import Studio
 from ui.charts import METRIC_LABELS, curves, rate_chart, versions_bars
 from ui.resources import get_studio
@@ -25,7 +24,7 @@ CURVE_KS = range(1, 51)
 require_app_frame(__file__)
 studio = get_studio()
 st.title("Metrics")
-if studio.store.count_images() == 0:
+if studio.count_images() == 0:
     st.info("The gallery is empty: add images on the Gallery page first.")
     st.stop()
 
@@ -35,10 +34,10 @@ def ranking(
     _studio: Studio, data_dir: str, version: str, split: str, relevance: str, signature: str
 ) -> Ranking:
     """Every query of the split ranked 50 deep; cached per gallery and log state."""
-    return build_ranking(_studio.store, _studio.index, version, split, relevance, max(CURVE_KS))
+    return studio_ranking(_studio, version, split, relevance, max(CURVE_KS))
 
 
-versions = [v.version for v in studio.store.list_model_versions() if studio.index.count(v.version)]
+versions = studio.indexed_versions()
 split_column, k_column, relevance_column = st.columns(3)
 split = split_column.segmented_control("Split", EVAL_SPLITS, default="all", required=True)
 k = k_column.slider("Cutoff k", min_value=1, max_value=50, value=10)
@@ -47,11 +46,11 @@ relevance = relevance_column.segmented_control(
     help="labels: same category · feedback: what people marked similar / graded",
 )  # fmt: skip
 chosen = st.multiselect("Model versions", versions, default=versions)
-signature = studio.store.state_signature()
+signature = studio.state_signature()
 offline, per_label, online, worst = st.tabs(["Offline", "By label", "Online", "Worst queries"])
 
 try:
-    evaluations = [studio.evaluate(v, split, k, relevance, reuse=True) for v in chosen]
+    evaluations = [evaluate(studio, v, split, k, relevance, reuse=True) for v in chosen]
     rankings = {
         v: ranking(studio, str(studio.settings.data_dir), v, split, relevance, signature)
         for v in chosen
@@ -87,7 +86,7 @@ with per_label:
         )  # fmt: skip
 
 with online:
-    log = studio.store.feedback.interactions(with_query_id=True)
+    log = studio.interactions(with_query_id=True)
     ctr, similar, labelled = click_through(log), similar_share(log), labelled_share(log)
     if not ctr.trials:
         st.info("No searches logged yet: search on the Search page, or `python -m core simulate`.")
@@ -120,7 +119,7 @@ with worst:
         metric = st.segmented_control(
             "Worst by", METRIC_NAMES, default="map", format_func=METRIC_LABELS.get, required=True
         )
-        records = studio.store.get_images([r.id for r in studio.store.list_images()])
+        records = studio.images_by_id()
         for row in worst_queries(rankings[version], k, n=5, metric=metric).itertuples():
             query = records.get(row.query_id)
             score = getattr(row, metric)

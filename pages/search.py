@@ -2,11 +2,12 @@
 
 import streamlit as st
 
-from core.images import IMAGE_EXTENSIONS, ImageError, load_image
+from core.gallery.images import ImageError, load_image
 from core.studio import LoggedSearch
 from ui.feedback import feedback_grid
 from ui.resources import get_studio
 from ui.state import PICK_KEYS, current_user, remember, require_app_frame
+from ui.text import ALL_LABELS, QUERY_SOURCE_LABELS, UPLOAD_IMAGE_TYPES
 
 EXPORTS = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 
@@ -15,7 +16,7 @@ studio = get_studio()
 user, location = current_user(studio)
 st.title("Search by image")
 
-if studio.store.count_images() == 0:
+if studio.count_images() == 0:
     st.info("The gallery is empty: add images, or load the demo gallery, on the Gallery page.")
     st.page_link("pages/gallery.py", label="Open the Gallery", icon=":material/photo_library:")
     st.stop()
@@ -24,20 +25,21 @@ if studio.store.count_images() == 0:
 source_column, k_column = st.columns([3, 2])
 source = source_column.segmented_control(
     "Query",
-    ["Upload an image", "Pick from the gallery"],
-    default="Upload an image" if PICK_KEYS["source"] not in st.session_state else None,
+    list(QUERY_SOURCE_LABELS),
+    format_func=QUERY_SOURCE_LABELS.get,
+    default="upload" if PICK_KEYS["source"] not in st.session_state else None,
     key=PICK_KEYS["source"],
 )
 k = k_column.slider("Results to show", min_value=5, max_value=50, value=10, step=5)
 version = studio.active_version().version
-state = (version, studio.store.count_images(), user.id, k)  # a new search when any changes
+state = (version, studio.count_images(), user.id, k)  # a new search when any changes
 
 search: LoggedSearch | None = None
 query_column, results_column = st.columns([1, 4])
-if source == "Pick from the gallery":
-    labels = sorted(label for label in studio.store.label_counts() if label)
-    label = query_column.selectbox("Label", ["(all)", *labels], key=PICK_KEYS["label"])
-    records = studio.store.list_images(label=None if label == "(all)" else label)
+if source == "gallery":
+    labels = sorted(label for label in studio.label_counts() if label)
+    label = query_column.selectbox("Label", [ALL_LABELS, *labels], key=PICK_KEYS["label"])
+    records = studio.list_images(label=None if label == ALL_LABELS else label)
     record = query_column.selectbox(
         "Image",
         records,
@@ -51,9 +53,7 @@ if source == "Pick from the gallery":
             lambda: studio.logged_gallery_search(user.id, record.id, k, location),
         )
 else:
-    upload = query_column.file_uploader(
-        "Query image", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
-    )
+    upload = query_column.file_uploader("Query image", type=UPLOAD_IMAGE_TYPES)
     if upload is not None:
         try:
             loaded = load_image(upload.getvalue(), limits=studio.settings.images, name=upload.name)
@@ -69,8 +69,7 @@ else:
 
 def refine(root: LoggedSearch, current: int) -> None:
     """Callback: re-rank with the labels so far (it runs before the page redraws)."""
-    chain = [q.id for q in studio.store.feedback.query_chain(current)]
-    labels = studio.store.feedback.labels(chain)
+    labels = studio.result_labels(studio.query_chain(current))
     if any(lab.relevance or lab.grade is not None for lab in labels.values()):
         st.session_state["refined"][root.query_id] = studio.refine(current, k)
     else:
@@ -84,7 +83,7 @@ def reset(root: LoggedSearch) -> None:
 if search is not None:
     refined: dict[int, LoggedSearch] = st.session_state.setdefault("refined", {})
     shown = refined.get(search.query_id, search)
-    chain = [q.id for q in studio.store.feedback.query_chain(shown.query_id)]
+    chain = studio.query_chain(shown.query_id)
     with results_column:
         title, refine_column, reset_column = st.columns([2, 1.3, 1.1], vertical_alignment="bottom")
         step = f" · refined ×{len(chain) - 1}" if len(chain) > 1 else ""
@@ -108,14 +107,14 @@ if search is not None:
         feedback_grid(studio, shown, chain)
 
 with st.expander("Interaction log"):
-    counts = studio.store.feedback.counts(user_id=user.id)
+    counts = studio.interaction_counts(user.id)
     st.caption(f"{sum(counts.values()):,} rows logged for {user.name}; exports hold everyone's.")
     if counts:
         st.dataframe({"interaction": list(counts), "rows": list(counts.values())}, width="content")
     for column, (fmt, mime) in zip(st.columns(2), EXPORTS.items(), strict=True):
         column.download_button(
             f"Export {fmt.capitalize() if fmt == 'parquet' else fmt.upper()}",
-            data=lambda fmt=fmt: studio.store.feedback.log_bytes(fmt),
+            data=lambda fmt=fmt: studio.log_bytes(fmt),
             file_name=f"interactions.{fmt}",
             mime=mime,
             icon=":material/download:",

@@ -4,14 +4,15 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.finetune import feedback_pairs
-from core.jobs import reap_stale, start_training
-from core.pairs import PairSettings, TrainingPairs
+from core.learn.finetune import feedback_pairs
+from core.learn.jobs import reap_stale, start_training
+from core.learn.pairs import PairSettings, TrainingPairs
+from core.learn.training import TrainSettings
 from core.store import StoreError, TrainingRun
 from core.studio import Studio
-from core.training import TrainSettings
 from ui.resources import get_studio
 from ui.state import require_app_frame
+from ui.text import MODE_HELP
 
 require_app_frame(__file__)
 studio = get_studio()
@@ -29,7 +30,7 @@ pairs = training_pairs(
     studio,
     str(studio.settings.data_dir),
     studio.active_version().version,
-    studio.store.state_signature(),
+    studio.state_signature(),
 )
 summary = pairs.summary
 st.subheader("What the feedback holds")
@@ -56,11 +57,6 @@ else:
     )
 
 st.subheader("Run")
-MODE_HELP = {
-    "head": "an adapter on the frozen encoder's features and stage taps: about half a minute",
-    "partial": "the encoder's last stage and the adapter: about a minute on the demo gallery",
-    "full": "the whole image tower: minutes, and the most prone to overfit small feedback",
-}
 mode = st.radio(
     "Mode", list(MODE_HELP), horizontal=True, format_func=lambda m: f"{m} · {MODE_HELP[m]}"
 )
@@ -85,7 +81,7 @@ def show_run(run: TrainingRun) -> None:
     if run.live:
         st.progress(run.fraction, text=run.describe())
         if st.button("Cancel", key=f"cancel-{run.id}"):
-            studio.store.training.request_cancel(run.id)
+            studio.cancel_training(run.id)
     else:
         status = {"done": st.success, "failed": st.error, "cancelled": st.warning}[run.status]
         status(f"Run {run.id} · {run.status} · {run.message or ''}")
@@ -98,7 +94,7 @@ def show_run(run: TrainingRun) -> None:
 @st.fragment(run_every=1.0)
 def live_run() -> None:
     """Polls the store every second; only this part of the page reruns."""
-    runs = studio.store.training.runs(limit=1)
+    runs = studio.training_runs(limit=1)
     if runs:
         show_run(runs[0])
     else:
@@ -108,28 +104,22 @@ def live_run() -> None:
 live_run()
 
 st.subheader("Versions")
-versions = studio.store.list_model_versions()
-table = pd.DataFrame(
-    [
-        {
-            "version": v.version,
-            "active": v.active,
-            "parent": v.parent,
-            "mode": v.card.get("mode", "—"),
-            "test mAP before": v.card.get("metrics_before", {}).get("map"),
-            "test mAP after": v.card.get("metrics", {}).get("map"),
-            "pairs": (v.card.get("pairs") or {}).get("pairs"),
-            "created": v.created_at,
-        }
-        for v in versions
-    ]
-)
-st.dataframe(table, hide_index=True, width="stretch")
+versions = studio.versions()
+table = pd.DataFrame([v.summary() for v in versions])
+table = table.assign(
+    mode=table["mode"].fillna("—"),
+    **{
+        "test mAP before": [m.get("map") for m in table.metrics_before],
+        "test mAP after": [m.get("map") for m in table.metrics],
+    },
+).rename(columns={"created_at": "created"})
+columns = ["version", "active", "parent", "mode", "test mAP before", "test mAP after", "pairs"]
+st.dataframe(table[[*columns, "created"]], hide_index=True, width="stretch")
 pick, button = st.columns([3, 1], vertical_alignment="bottom")
 chosen = pick.selectbox(
     "Version", [v.version for v in versions], index=[v.active for v in versions].index(True)
 )
 if button.button("Activate", disabled=chosen == studio.active_version().version):
-    studio.store.activate(chosen)
+    studio.activate(chosen)
     st.toast(f"{chosen} is active: search uses it now (roll back by activating its parent).")
     st.rerun()

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from core.config import Settings, load_settings
-from core.demo import STAMPS_SUBDIR
-from core.encoder import Encoder, load_encoder
+from core.encoder.model import Encoder, load_encoder
+from core.gallery.demo import STAMPS_SUBDIR
 
 if TYPE_CHECKING:
     from core.studio import Studio
@@ -119,7 +119,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture
 def fed(studio: Studio, make_gallery: Callable[..., Path]) -> Studio:
     """A labelled gallery and 40 simulated searches' worth of clicks and labels."""
-    from core.simulate import simulate
+    from core.measure.simulate import simulate
 
     studio.ingest([make_gallery(per_label=FED_PER_LABEL)], label_from_folders=True)
     simulate(studio, n_queries=40, seed=0, k=5)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from core.config import load_settings
-from core.index import VectorIndex
+from core.search.index import VectorIndex
 from core.store import Store
 from tests.conftest import GALLERY_LABELS
 from tests.test_evaluation import reference_metrics

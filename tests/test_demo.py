@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core import demo
-from core.demo import DEMO_PACKAGE, STAMPS_SUBDIR, DemoDataError, fetch_demo_stamps
+from core.gallery import demo
+from core.gallery.demo import DEMO_PACKAGE, STAMPS_SUBDIR, DemoDataError, fetch_demo_stamps
 
 DEB_NAME = f"{DEMO_PACKAGE}_1.0_all.deb"
 NOT_FOUND = f"E: Unable to locate package {DEMO_PACKAGE}"

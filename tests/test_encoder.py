@@ -11,22 +11,20 @@ import timm
 import torch
 from PIL import Image
 
-from core import encoder as encoder_module
-from core.encoder import (
+from core.encoder import registry as encoder_module
+from core.encoder.model import Encoder, load_encoder
+from core.encoder.registry import (
     DEFAULT_ENCODER,
-    Encoder,
     EncoderError,
-    StageTaps,
     UnknownEncoderError,
     WeightsUnavailableError,
     efficientnet_lite0_state_dict,
     get_encoder_spec,
     imagenet_head,
     list_encoders,
-    load_encoder,
-    stage_modules,
 )
-from core.images import load_image
+from core.encoder.taps import StageTaps, stage_modules
+from core.gallery.images import load_image
 from tests.conftest import generated_image
 
 

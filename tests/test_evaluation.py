@@ -17,20 +17,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.encoder import Encoder
-from core.evaluation import (
+from core.choices import METRIC_NAMES
+from core.encoder.model import Encoder
+from core.gallery.images import LoadedImage, load_image
+from core.measure.evaluation import (
     EvaluationError,
     Ranking,
     _intervals,
     build_ranking,
+    evaluate,
     evaluate_version,
     feedback_gains,
     metric_curves,
     per_label_table,
     worst_queries,
 )
-from core.images import LoadedImage, load_image
-from core.metrics import METRIC_NAMES
 from core.store import ImageRecord
 from core.store.feedback import LOG_COLUMNS
 from core.studio import LoggedSearch, Studio
@@ -89,7 +90,7 @@ def test_unlabelled_gallery_cannot_be_evaluated(
 ) -> None:
     studio.ingest([make_gallery(per_label=2)])
     with pytest.raises(EvaluationError, match="no labelled images"):
-        studio.evaluate()
+        evaluate(studio)
 
 
 def test_bad_split_version_and_k_are_refused(
@@ -97,11 +98,11 @@ def test_bad_split_version_and_k_are_refused(
 ) -> None:
     studio.ingest([make_gallery(per_label=2)], label_from_folders=True)
     with pytest.raises(EvaluationError, match="split"):
-        studio.evaluate(split="validation")
+        evaluate(studio, split="validation")
     with pytest.raises(EvaluationError, match="ft-0042"):
-        studio.evaluate(version="ft-0042")
+        evaluate(studio, version="ft-0042")
     with pytest.raises(EvaluationError, match="k"):
-        studio.evaluate(k=0)
+        evaluate(studio, k=0)
 
 
 # --- a graded reference: any gains, any query vector --------------------------------------------
@@ -342,7 +343,7 @@ def test_feedback_relevance_equals_the_brute_force_reference(
     for split in ("all", "test"):
         for k in (1, 5, 10, 500):
             per_query, excluded = feedback_reference(studio, judge, query_vectors, split, k)
-            result = studio.evaluate(split=split, k=k, relevance="feedback")
+            result = evaluate(studio, split=split, k=k, relevance="feedback")
             assert (result.n_queries, result.n_excluded) == (len(per_query), excluded), (split, k)
             assert_metrics(result, mean_of(list(per_query.values())))
             assert_per_label(result.per_label, grouped_by_label(studio, per_query))
@@ -352,7 +353,7 @@ def test_feedback_relevance_equals_the_brute_force_reference(
     # k beyond the split: the upload ranks all 40 images, so its last-ranked relevant one counts
     per_query, _ = feedback_reference(studio, judge, query_vectors, "all", 500)
     assert per_query[upload.id]["recall_at_k"] == 1.0
-    row = next(r for r in studio.evaluate(k=500, relevance="feedback").per_label
+    row = next(r for r in evaluate(studio, k=500, relevance="feedback").per_label
                if r["label"] == "(unlabelled)")  # fmt: skip
     assert row["recall_at_k"] == 1.0
 
@@ -362,9 +363,9 @@ def test_feedback_evaluation_needs_judgements(
 ) -> None:
     studio.ingest([make_gallery(per_label=3)], label_from_folders=True)
     with pytest.raises(EvaluationError, match="judgements"):
-        studio.evaluate(relevance="feedback")
+        evaluate(studio, relevance="feedback")
     with pytest.raises(EvaluationError, match="relevance"):
-        studio.evaluate(relevance="clicks")
+        evaluate(studio, relevance="clicks")
 
 
 def log_frame(rows: list[tuple[str, str, str, float | None]]) -> pd.DataFrame:
@@ -429,7 +430,7 @@ def test_a_label_with_a_single_image_is_excluded_and_counted(
     (root / "solo").mkdir()
     generated_image(3, 0).save(root / "solo" / "only.png")
     studio.ingest([root], label_from_folders=True)
-    result = studio.evaluate(k=3)
+    result = evaluate(studio, k=3)
     assert (result.n_queries, result.n_excluded) == (12, 1)
     assert "solo" not in [row["label"] for row in result.per_label]
     assert_metrics(result, mean_of(list(label_reference(studio, 3).values())))
@@ -437,7 +438,7 @@ def test_a_label_with_a_single_image_is_excluded_and_counted(
 
 def test_k_larger_than_the_split(studio: Studio, make_gallery: Callable[..., Path]) -> None:
     studio.ingest([make_gallery(per_label=10)], label_from_folders=True)
-    result = studio.evaluate(k=500)
+    result = evaluate(studio, k=500)
     assert result.n_queries == 40
     assert result.recall_at_k == 1.0  # every relevant item is somewhere in the list
     assert result.precision_at_k == pytest.approx(9 / 500)  # still divided by k
@@ -451,10 +452,10 @@ def test_k_larger_than_the_split(studio: Studio, make_gallery: Callable[..., Pat
 
 def test_all_relevant(studio: Studio, make_gallery: Callable[..., Path]) -> None:
     studio.ingest([make_gallery(per_label=6, labels=("only",))], label_from_folders=True)
-    full = studio.evaluate(k=5)  # exactly the 5 other images
+    full = evaluate(studio, k=5)  # exactly the 5 other images
     assert full.n_queries == 6
     assert full.metrics() == dict.fromkeys(METRIC_NAMES, 1.0)
-    short = studio.evaluate(k=8)  # fewer than k items: precision cannot reach 1
+    short = evaluate(studio, k=8)  # fewer than k items: precision cannot reach 1
     assert short.metrics() == dict.fromkeys(METRIC_NAMES, 1.0) | {"precision_at_k": 5 / 8}
     assert_metrics(short, mean_of(list(label_reference(studio, 8).values())))
 
@@ -496,7 +497,7 @@ def test_ties_rank_in_catalog_order_not_by_id(studio: Studio) -> None:
         late_tie,
         early_zero,
     ]
-    result = studio.evaluate(k=2)
+    result = evaluate(studio, k=2)
     expected = reference_metrics(
         catalog, [label[i] for i in catalog], np.stack([vectors[i] for i in catalog]), 2
     )
@@ -520,7 +521,7 @@ def test_per_label_table_is_the_mean_per_query_label_worst_map_first(
         rows = per_label_table(ranking, k)
         assert_per_label(rows, grouped_by_label(studio, per_query))  # n_queries included
         assert "solo" not in [row["label"] for row in rows]
-        assert studio.evaluate(split=split, k=k).per_label == rows
+        assert evaluate(studio, split=split, k=k).per_label == rows
 
 
 def test_metric_curves_and_worst_queries_follow_the_reference(
@@ -534,7 +535,7 @@ def test_metric_curves_and_worst_queries_follow_the_reference(
     for k in ks:
         at_k = curves[curves.k == k].set_index("metric").value.to_dict()
         assert_metrics(at_k, mean_of(list(label_reference(studio, k).values())))
-        assert_metrics(at_k, studio.evaluate(k=k).metrics())
+        assert_metrics(at_k, evaluate(studio, k=k).metrics())
 
     records, vectors = split_vectors(studio)
     ids, label_of = [r.id for r in records], {r.id: r.label for r in records}
@@ -597,7 +598,7 @@ def test_the_mean_lies_in_its_interval_with_the_normal_approximation(
     studio: Studio, make_gallery: Callable[..., Path]
 ) -> None:
     studio.ingest([make_gallery(per_label=6)], label_from_folders=True)
-    result = studio.evaluate(k=5)
+    result = evaluate(studio, k=5)
     per_query = label_reference(studio, 5)
     for name in METRIC_NAMES:
         low, high = result.intervals[name]
@@ -630,7 +631,7 @@ def test_cli_evaluate_with_feedback_relevance_and_per_label(
 ) -> None:
     studio.ingest([make_gallery(per_label=10)], label_from_folders=True)
     log_judgements(studio)
-    expected = studio.evaluate(k=5, relevance="feedback")
+    expected = evaluate(studio, k=5, relevance="feedback")
     studio.index.close()
     data = studio.settings.data_dir
 

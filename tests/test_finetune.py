@@ -1,4 +1,4 @@
-"""core.finetune through the studio: simulated feedback -> a new, inactive, indexed, evaluated
+"""core.learn.finetune through the studio: simulated feedback -> a new, inactive, indexed, evaluated
 version whose encoder reproduces its index; a cancelled, diverged or failed run leaves nothing.
 
 References are independent of the code under test: the head is re-applied with numpy to the
@@ -19,14 +19,16 @@ import pytest
 import torch
 from safetensors.numpy import load_file as load_numpy
 
-import core.tower
-import core.training
-from core.evaluation import EvaluationError
-from core.finetune import HEAD_FILE, FineTuneReport, load_heads
-from core.images import load_image
+import core.learn.tower
+import core.learn.training
+from core.encoder.heads import ResidualHead
+from core.encoder.versions import HEAD_FILE, load_heads
+from core.gallery.images import load_image
+from core.learn.finetune import FineTuneReport, fine_tune
+from core.learn.tower import TAPS_DIR, taps_key
+from core.learn.training import TrainingCancelled, TrainingError, TrainSettings
+from core.measure.evaluation import EvaluationError, evaluate
 from core.studio import Studio
-from core.tower import TAPS_DIR, taps_key
-from core.training import ResidualHead, TrainingCancelled, TrainingError, TrainSettings
 from tests.conftest import FED_PER_LABEL, GALLERY_LABELS
 from tests.test_cli import run_cli, run_json
 from tests.test_evaluation import reference_metrics
@@ -97,7 +99,7 @@ def tmp_files(studio: Studio) -> list[Path]:
 
 def test_fine_tune_writes_an_inactive_indexed_evaluated_version(fed: Studio) -> None:
     base_ids, base_vectors = fed.index.get_embeddings("base")
-    report = fed.train_from_feedback(TrainSettings(epochs=5))
+    report = fine_tune(fed, TrainSettings(epochs=5))
 
     assert isinstance(report, FineTuneReport)
     assert (report.version, report.parent) == ("ft-0001", "base")
@@ -127,8 +129,8 @@ def test_fine_tune_writes_an_inactive_indexed_evaluated_version(fed: Studio) -> 
     assert card["pairs"] == report.summary and card["pairs"]["pairs"] == report.pairs >= 2
     assert card["metrics"] == report.metrics_after
     assert card["metrics_before"] == report.metrics_before
-    assert card["metrics_before"] == fed.evaluate("base", split="test").metrics()
-    assert card["metrics"] == fed.evaluate("ft-0001", split="test").metrics()
+    assert card["metrics_before"] == evaluate(fed, "base", split="test").metrics()
+    assert card["metrics"] == evaluate(fed, "ft-0001", split="test").metrics()
     for name, value in brute_force_metrics(fed, "base").items():
         assert card["metrics_before"][name] == pytest.approx(value, abs=1e-9), name
     for name, value in brute_force_metrics(fed, "ft-0001").items():
@@ -137,9 +139,9 @@ def test_fine_tune_writes_an_inactive_indexed_evaluated_version(fed: Studio) -> 
 
 def test_the_encoder_with_heads_reproduces_the_index_and_runs_stack(fed: Studio) -> None:
     settings = TrainSettings(epochs=5, lr=1e-2)  # a clearer move away from the base
-    fed.train_from_feedback(settings)
+    fine_tune(fed, settings)
     fed.store.activate("ft-0001")
-    second = fed.train_from_feedback(settings, activate=True)
+    second = fine_tune(fed, settings, activate=True)
 
     assert (second.version, second.parent) == ("ft-0002", "ft-0001")
     version = fed.active_version()
@@ -188,13 +190,13 @@ def test_a_stopped_run_leaves_no_half_written_version(
     if failure == "cancelled":
         callbacks, expected = [CancelFirstStep()], TrainingCancelled
     elif failure == "nan":
-        real = core.training._loss
+        real = core.learn.training._loss
 
         def nan_loss(*args: object) -> tuple[torch.Tensor, torch.Tensor]:
             loss, outputs = real(*args)  # type: ignore[arg-type]
             return loss * float("nan"), outputs
 
-        monkeypatch.setattr(core.training, "_loss", nan_loss)
+        monkeypatch.setattr(core.learn.training, "_loss", nan_loss)
     else:
 
         def refuse(*args: object, **kwargs: object) -> None:
@@ -206,7 +208,7 @@ def test_a_stopped_run_leaves_no_half_written_version(
         expected = OSError
 
     with pytest.raises(expected) as caught:
-        fed.train_from_feedback(TrainSettings(epochs=3), callbacks=callbacks)
+        fine_tune(fed, TrainSettings(epochs=3), callbacks=callbacks)
     if failure == "nan":
         assert "NaN" in str(caught.value)
     if failure == "register":  # the head and the collection existed, then were removed
@@ -215,7 +217,7 @@ def test_a_stopped_run_leaves_no_half_written_version(
     assert fed.active_version().version == "base"
 
     monkeypatch.undo()  # the studio is unharmed: the next run takes the same name
-    assert fed.train_from_feedback(TrainSettings(epochs=1)).version == "ft-0001"
+    assert fine_tune(fed, TrainSettings(epochs=1)).version == "ft-0001"
 
 
 def test_a_test_split_that_cannot_be_evaluated_stops_the_run_before_writing(
@@ -225,7 +227,7 @@ def test_a_test_split_that_cannot_be_evaluated_stops_the_run_before_writing(
     fed.remove_images([r.id for r in fed.store.list_images(split="test")])
     before = leftovers(fed)
     with pytest.raises(EvaluationError, match="test split"):
-        fed.train_from_feedback(TrainSettings(epochs=1))
+        fine_tune(fed, TrainSettings(epochs=1))
     assert leftovers(fed) == before
 
 
@@ -235,7 +237,7 @@ def test_without_feedback_there_is_nothing_to_train_on(
     studio.ingest([make_gallery(per_label=2)], label_from_folders=True)
     before = leftovers(studio)
     with pytest.raises(TrainingError, match="feedback"):
-        studio.train_from_feedback(TrainSettings(epochs=1))
+        fine_tune(studio, TrainSettings(epochs=1))
     assert leftovers(studio) == before
 
 
@@ -288,7 +290,7 @@ def test_cli_no_taps_trains_a_head_on_the_embedding_alone(fed: Studio) -> None:
 def test_taps_are_cached_per_tower_and_a_second_head_run_reads_one_image(
     fed: Studio, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fed.train_from_feedback(TrainSettings(epochs=2))
+    fine_tune(fed, TrainSettings(epochs=2))
     [cache] = list((fed.settings.models_dir / TAPS_DIR).glob("*.npz"))
     gallery = sorted(r.id for r in fed.store.list_images())
     with np.load(cache, allow_pickle=False) as data:
@@ -298,14 +300,14 @@ def test_taps_are_cached_per_tower_and_a_second_head_run_reads_one_image(
                                    reference_taps(fed, gallery), atol=1e-5)  # fmt: skip
 
     read: list[object] = []
-    real_load_image = core.tower.load_image
+    real_load_image = core.learn.tower.load_image
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         read.append(args[0])
         return real_load_image(*args, **kwargs)
 
-    monkeypatch.setattr(core.tower, "load_image", counting)
-    second = fed.train_from_feedback(TrainSettings(epochs=2))
+    monkeypatch.setattr(core.learn.tower, "load_image", counting)
+    second = fine_tune(fed, TrainSettings(epochs=2))
     assert len(read) == 1  # the one image that checks the cache against the tower
     head_file = fed.settings.models_dir / second.version / HEAD_FILE
     base = vectors_by_id(fed, "base", gallery)
@@ -316,14 +318,14 @@ def test_taps_are_cached_per_tower_and_a_second_head_run_reads_one_image(
     monkeypatch.undo()
     for broken in (b"not a zip", b""):
         cache.write_bytes(broken)
-        fed.train_from_feedback(TrainSettings(epochs=2))
+        fine_tune(fed, TrainSettings(epochs=2))
         with np.load(cache, allow_pickle=False) as data:
             assert sorted(data["ids"].tolist()) == gallery
     # taps that no longer match what the tower computes (other weights, other code): rebuilt
     with np.load(cache, allow_pickle=False) as data:
         ids, stale = data["ids"], data["taps"] + 0.5
     np.savez(cache, ids=ids, taps=stale)
-    last = fed.train_from_feedback(TrainSettings(epochs=2))
+    last = fine_tune(fed, TrainSettings(epochs=2))
     with np.load(cache, allow_pickle=False) as data:
         order = {image_id: n for n, image_id in enumerate(data["ids"].tolist())}
         np.testing.assert_allclose(data["taps"][[order[i] for i in gallery]],

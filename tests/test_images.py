@@ -1,4 +1,4 @@
-"""Tests for core.images, on small generated images only.
+"""Tests for core.gallery.images, on small generated images only.
 
 Expected colours come from the colour models' definitions (alpha compositing over white,
 CMYK/HSV/YCbCr/CIELAB formulas, the EXIF orientation table), not from the module's output.
@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from core.config import ImageLimits
-from core.images import (
+from core.gallery.images import (
     IMAGE_EXTENSIONS,
     ImageError,
     LoadedImage,

@@ -1,4 +1,4 @@
-"""Tests for core.index: the embedding contract, Chroma round trips, and HNSW against exact.
+"""Tests for core.search.index: the embedding contract, Chroma round trips, and HNSW against exact.
 
 References are independent of the code under test: a numpy argsort written here, hand-worked
 recall examples, and what was upserted.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from core.config import IndexSettings, Settings
-from core.index import (
+from core.search.index import (
     EmbeddingContractError,
     Hit,
     VectorIndex,

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.encoder import Encoder
-from core.ingest import Candidate, Rejected, ingest, iter_candidates, sync_index
+from core.encoder.model import Encoder
+from core.gallery.ingest import Candidate, Rejected, ingest, iter_candidates, sync_index
 from core.studio import Studio
 from tests.conftest import GALLERY_LABELS, generated_image
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-import core.jobs
-from core.jobs import StoreProgress, reap_stale, run_training_job, start_training
-from core.simulate import simulate
+import core.learn.jobs
+from core.learn.jobs import StoreProgress, reap_stale, run_training_job, start_training
+from core.learn.training import TrainSettings
+from core.measure.simulate import simulate
 from core.store import StoreError
 from core.studio import Studio
-from core.training import TrainSettings
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_the_eta_counts_training_steps_only(
     with_feedback: Studio, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = [100.0]
-    monkeypatch.setattr(core.jobs.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(core.learn.jobs.time, "monotonic", lambda: clock[0])
     run = with_feedback.store.training.queue("base", {"epochs": 2})
     progress = StoreProgress(with_feedback.store, run.id, epochs=2)
     clock[0] += 30  # the pass over the gallery before the first step: not training

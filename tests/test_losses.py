@@ -1,4 +1,4 @@
-"""core.losses against hand-written references: the InfoNCE / NT-Xent and SupCon formulas
+"""core.learn.losses against hand-written references: the InfoNCE / NT-Xent and SupCon formulas
 computed with plain Python loops and `math` on lists of floats, plus behavioural checks
 (temperature, perfect alignment, gradients, scale invariance, argument validation)."""
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from core.losses import InfoNCELoss, SupConLoss
+from core.learn.losses import InfoNCELoss, SupConLoss
 
 Vec = list[float]
 

@@ -1,4 +1,4 @@
-"""core.metrics against independent references: the seed's worked examples, plain-loop
+"""core.measure.metrics against independent references: the seed's worked examples, plain-loop
 implementations of DESIGN.md's definitions, and scikit-learn where the definitions coincide."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, ndcg_score
 
-from core import metrics as m
+from core.measure import metrics as m
 
 # --- brute-force references, written from the definitions with plain loops ----------------------
 

@@ -1,4 +1,4 @@
-"""core.online against hand-counted logs, the Wilson formula written out, and plain-loop
+"""core.measure.online against hand-counted logs, the Wilson formula written out, and plain-loop
 references on a random log."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import online
-from core.metrics import wilson_interval
-from core.online import Rate
+from core.measure import online
+from core.measure.metrics import wilson_interval
+from core.measure.online import Rate
 from core.store import LOG_COLUMNS
 
 COLUMNS = [*LOG_COLUMNS, "query_id"]  # what FeedbackLog.interactions(with_query_id=True) has

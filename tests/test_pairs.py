@@ -1,4 +1,4 @@
-"""core.pairs on hand-made logs: every expectation below is counted by hand from the log."""
+"""core.learn.pairs on hand-made logs: every expectation below is counted by hand from the log."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.pairs import (
+from core.learn.pairs import (
     JUDGEMENT_COLUMNS,
     UNLABELLED,
     PairError,

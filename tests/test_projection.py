@@ -1,4 +1,4 @@
-"""core.projection against independent references: scikit-learn's PCA and silhouette score,
+"""core.measure.projection against independent references: scikit-learn's PCA and silhouette score,
 scipy's Procrustes, a known rotation, plain-loop cohesion and placement, and call counting for
 the on-disk cache (through the module, the studio and the command line)."""
 
@@ -18,8 +18,9 @@ from scipy.spatial import procrustes
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 
-from core import projection
-from core.projection import (
+from core.measure import projection
+from core.measure.maps import layout
+from core.measure.projection import (
     MAX_POINTS,
     Layout,
     ProjectionCache,
@@ -92,7 +93,7 @@ def umap_runs(clusters: tuple[list[str], np.ndarray, np.ndarray]) -> tuple[Layou
 
 @pytest.fixture
 def project_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
-    """Counts the real computations: every call to `core.projection.project` is recorded."""
+    """Counts the real computations: every call to `core.measure.projection.project` is recorded."""
     calls: list[tuple[int, str]] = []
     real = projection.project
 
@@ -401,14 +402,14 @@ def test_studio_layout_is_cached_per_gallery_state(
     ids, vectors = studio.index.get_embeddings(version)
     assert len(ids) == 20
 
-    layout = studio.layout(method="pca")
-    assert list(layout.ids) == ids and layout.total == 20
-    assert_equal_up_to_sign(layout.coords, PCA(2).fit_transform(vectors.astype(np.float64)), 1e-4)
+    mapped = layout(studio, method="pca")
+    assert list(mapped.ids) == ids and mapped.total == 20
+    assert_equal_up_to_sign(mapped.coords, PCA(2).fit_transform(vectors.astype(np.float64)), 1e-4)
     assert list(studio.settings.projections_dir.glob("*.npz"))
 
-    again = studio.layout(version, "pca")
+    again = layout(studio, version, "pca")
     assert project_calls == [(20, "pca")]  # the revisit came from disk
-    assert np.array_equal(again.coords, layout.coords)
+    assert np.array_equal(again.coords, mapped.coords)
 
     # feedback changes the log, not the gallery: the map stays cached
     before, signature = studio.store.state_signature(), studio.image_signature()
@@ -417,7 +418,7 @@ def test_studio_layout_is_cached_per_gallery_state(
     studio.store.feedback.log_interaction(search.query_id, search.results[0].image_id, "click")
     assert studio.store.state_signature() != before
     assert studio.image_signature() == signature
-    studio.layout(method="pca")
+    layout(studio, method="pca")
     assert len(project_calls) == 1
 
     # one more image changes the gallery: the next map is recomputed and includes it
@@ -427,7 +428,7 @@ def test_studio_layout_is_cached_per_gallery_state(
     studio.ingest([extra])
     new_id = hashlib.sha256(extra.read_bytes()).hexdigest()
     assert studio.image_signature() != signature
-    grown = studio.layout(method="pca")
+    grown = layout(studio, method="pca")
     assert project_calls == [(20, "pca"), (21, "pca")]
     assert new_id in grown.ids and list(grown.ids) == studio.index.get_embeddings(version)[0]
 
@@ -465,7 +466,7 @@ def test_cli_project_writes_the_map_as_csv(
     assert dict(zip(table.image_id, table.label, strict=True)) == expected
 
     from core.config import load_settings
-    from core.index import VectorIndex
+    from core.search.index import VectorIndex
 
     ids = list(table.image_id)
     _, vectors = VectorIndex.from_settings(load_settings(data, environ={})).get_embeddings(

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.encoder import Encoder
-from core.images import load_image
-from core.refine import RocchioWeights, feedback_examples, rocchio
+from core.encoder.model import Encoder
+from core.gallery.images import load_image
+from core.search.refine import RocchioWeights, feedback_examples, rocchio
 from core.store import ImageRecord, ResultLabel, split_for
 from core.studio import Studio
 from tests.conftest import generated_image

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from core.evaluation import evaluation_from_run
-from core.metrics import METRIC_NAMES
+from core.choices import METRIC_NAMES
+from core.measure.evaluation import evaluate, evaluation_from_run
 from core.store import EvaluationRun
 from core.studio import LoggedSearch, Studio
 from tests.conftest import generated_image
@@ -47,7 +47,7 @@ def add_run(studio: Studio, **overrides: Any) -> EvaluationRun:
 def test_each_evaluate_stores_one_run_with_everything_it_measured(
     studio: Studio, gallery: Path
 ) -> None:
-    result = studio.evaluate(k=5)
+    result = evaluate(studio, k=5)
     (run,) = studio.store.runs.evaluations()
     assert (run.model_version, run.split, run.k, run.relevance) == ("base", "all", 5, "labels")
     assert (run.n_queries, run.n_excluded) == (20, 0)
@@ -65,7 +65,7 @@ def test_each_evaluate_stores_one_run_with_everything_it_measured(
     assert datetime.fromisoformat(run.created_at).tzinfo is not None
 
     judged_search(studio)
-    studio.evaluate(split="test", k=3, relevance="feedback")
+    evaluate(studio, split="test", k=3, relevance="feedback")
     newest, oldest = studio.store.runs.evaluations()
     assert oldest == run
     assert (newest.split, newest.k, newest.relevance) == ("test", 3, "feedback")
@@ -73,8 +73,8 @@ def test_each_evaluate_stores_one_run_with_everything_it_measured(
 
 
 def test_evaluating_twice_without_reuse_stores_two_runs(studio: Studio, gallery: Path) -> None:
-    first = studio.evaluate(k=5)
-    second = studio.evaluate(k=5)
+    first = evaluate(studio, k=5)
+    second = evaluate(studio, k=5)
     assert second.metrics() == first.metrics()
     assert len(studio.store.runs.evaluations()) == 2
 
@@ -82,46 +82,46 @@ def test_evaluating_twice_without_reuse_stores_two_runs(studio: Studio, gallery:
 def test_reuse_answers_from_the_stored_run_until_the_gallery_changes(
     studio: Studio, gallery: Path
 ) -> None:
-    first = studio.evaluate(k=5)
-    again = studio.evaluate(k=5, reuse=True)
+    first = evaluate(studio, k=5)
+    again = evaluate(studio, k=5, reuse=True)
     assert again == first  # the stored run, read back whole
     assert len(studio.store.runs.evaluations()) == 1
 
-    studio.evaluate(k=4, reuse=True)  # other settings: not the same run
-    studio.evaluate(k=5, split="test", reuse=True)
+    evaluate(studio, k=4, reuse=True)  # other settings: not the same run
+    evaluate(studio, k=5, split="test", reuse=True)
     assert len(studio.store.runs.evaluations()) == 3
-    assert studio.evaluate(k=5, reuse=True) == first
+    assert evaluate(studio, k=5, reuse=True) == first
     assert len(studio.store.runs.evaluations()) == 3
 
     extra = gallery.parent / "extra"
     extra.mkdir()
     generated_image(0, 99).save(extra / "new.png")
     studio.ingest([extra])  # one more (unlabelled) image: a new gallery state
-    after = studio.evaluate(k=5, reuse=True)
+    after = evaluate(studio, k=5, reuse=True)
     runs = studio.store.runs.evaluations()
     assert len(runs) == 4
     assert runs[0].signature == studio.store.state_signature() != runs[1].signature
     assert after.n_queries == 20  # the unlabelled image ranks but does not query
-    assert studio.evaluate(k=5, reuse=True) == after
+    assert evaluate(studio, k=5, reuse=True) == after
     assert len(studio.store.runs.evaluations()) == 4
 
 
 def test_reuse_evaluates_again_after_one_more_interaction(studio: Studio, gallery: Path) -> None:
     search = judged_search(studio)
-    first = studio.evaluate(k=5, relevance="feedback", reuse=True)
-    assert studio.evaluate(k=5, relevance="feedback", reuse=True) == first
+    first = evaluate(studio, k=5, relevance="feedback", reuse=True)
+    assert evaluate(studio, k=5, relevance="feedback", reuse=True) == first
     assert len(studio.store.runs.evaluations()) == 1
 
     studio.store.feedback.log_interaction(search.query_id, search.results[1].image_id, "similar")
-    second = studio.evaluate(k=5, relevance="feedback", reuse=True)
+    second = evaluate(studio, k=5, relevance="feedback", reuse=True)
     assert len(studio.store.runs.evaluations()) == 2
     assert second.recall_at_k == 1.0  # both judged items are in the top 5 they were shown in
-    assert studio.evaluate(k=5, relevance="feedback", reuse=True) == second
+    assert evaluate(studio, k=5, relevance="feedback", reuse=True) == second
     assert len(studio.store.runs.evaluations()) == 2
 
 
 def test_a_stored_run_round_trips_as_an_evaluation(studio: Studio, gallery: Path) -> None:
-    result = studio.evaluate(split="train", k=3)
+    result = evaluate(studio, split="train", k=3)
     (run,) = studio.store.runs.evaluations()
     back = evaluation_from_run(run)
     assert back == result

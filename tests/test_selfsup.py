@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.encoder import Encoder
-from core.images import load_image
-from core.selfsup import AugmentedViews, Projector, load_folder, self_supervised
+from core.encoder.model import Encoder
+from core.gallery.images import load_image
+from core.learn.selfsup import AugmentedViews, Projector, load_folder, self_supervised
+from core.learn.training import TrainingError, TrainSettings
+from core.measure.evaluation import evaluate
 from core.studio import Studio
-from core.training import TrainingError, TrainSettings
 from tests.conftest import generated_image
 
 
@@ -48,7 +49,7 @@ def test_self_supervised_training_writes_an_evaluated_version(
     version = studio.store.get_model_version(report.version)
     assert (report.version, report.parent, report.pairs) == ("ft-0001", "base", 24)
     assert version.card["source"] == "self-supervised" and not version.active
-    assert version.card["metrics_before"] == studio.evaluate("base", split="test").metrics()
+    assert version.card["metrics_before"] == evaluate(studio, "base", split="test").metrics()
     assert studio.index.count("ft-0001") == studio.index.count("base") == 24
     # Search through the new version reproduces its indexed vectors (base encoder + head).
     record = studio.store.list_images()[0]

@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 
 from core.config import Settings
-from core.encoder import Encoder
-from core.simulate import SIMULATOR_USER, ClickModel, SimulationError, simulate
+from core.encoder.model import Encoder
+from core.measure.simulate import SIMULATOR_USER, ClickModel, SimulationError, simulate
 from core.studio import Studio
 from tests.conftest import raw
 

@@ -1,4 +1,4 @@
-"""core.tower: the split reproduces the tower, only the intended parameters train, BatchNorm
+"""core.learn.tower: the split reproduces the tower, only the intended parameters train, BatchNorm
 stays frozen; and the `partial` / `full` modes end to end, through the studio, on the tiny
 model: an indexed version whose encoder reproduces its index, unreadable images left out, a
 cancelled run leaving nothing behind.
@@ -13,12 +13,16 @@ from open_clip.transformer import VisionTransformer
 from safetensors.torch import load_file
 from torch import nn
 
-from core.encoder import Encoder, EncoderError, StageTaps, stage_modules
-from core.finetune import HEAD_FILE, TOWER_FILE
-from core.images import load_image
+from core.encoder.model import Encoder
+from core.encoder.registry import EncoderError
+from core.encoder.taps import StageTaps, stage_modules
+from core.encoder.versions import HEAD_FILE, TOWER_FILE
+from core.gallery.images import load_image
+from core.learn.finetune import fine_tune
+from core.learn.tower import split_tower
+from core.learn.training import TrainingCancelled, TrainingError, TrainSettings
+from core.measure.evaluation import evaluate
 from core.studio import Studio
-from core.tower import split_tower
-from core.training import TrainingCancelled, TrainingError, TrainSettings
 from tests.test_cli import run_cli, run_json
 from tests.test_finetune import CancelFirstStep, leftovers, vectors_by_id
 
@@ -148,8 +152,8 @@ def test_tower_weights_that_do_not_fit_are_refused(tiny_encoder: Encoder) -> Non
 
 @pytest.mark.parametrize("mode", ["partial", "full"])
 def test_a_tower_version_reproduces_its_index_and_stacks_on_a_head(fed: Studio, mode: str) -> None:
-    fed.train_from_feedback(TrainSettings(epochs=2, lr=1e-2), activate=True)  # ft-0001, a head
-    report = fed.train_from_feedback(TrainSettings.for_mode(mode, epochs=2, lr=1e-2))
+    fine_tune(fed, TrainSettings(epochs=2, lr=1e-2), activate=True)  # ft-0001, a head
+    report = fine_tune(fed, TrainSettings.for_mode(mode, epochs=2, lr=1e-2))
     assert (report.version, report.parent) == ("ft-0002", "ft-0001")
     version = fed.store.get_model_version("ft-0002")
     card = version.card
@@ -158,7 +162,7 @@ def test_a_tower_version_reproduces_its_index_and_stacks_on_a_head(fed: Studio, 
     )
     assert card["tower"] == [f"ft-0002/{TOWER_FILE}"]
     assert card["heads"] == [f"ft-0001/{HEAD_FILE}", f"ft-0002/{HEAD_FILE}"]
-    assert card["metrics"] == fed.evaluate("ft-0002", split="test").metrics()
+    assert card["metrics"] == evaluate(fed, "ft-0002", split="test").metrics()
 
     # the new head reads the tuned tower's taps beside the embedding, as the parent's head does
     dim = fed.encoder(fed.store.get_model_version("base")).dim
@@ -180,7 +184,7 @@ def test_a_tower_version_reproduces_its_index_and_stacks_on_a_head(fed: Studio, 
                                atol=1e-4)  # fmt: skip
     # a head trained on top of the tower version runs through tower then both heads
     fed.store.activate("ft-0002")
-    third = fed.train_from_feedback(TrainSettings(epochs=2, lr=1e-2))
+    third = fine_tune(fed, TrainSettings(epochs=2, lr=1e-2))
     stacked = fed.store.get_model_version(third.version)
     assert stacked.card["tower"] == [f"ft-0002/{TOWER_FILE}"] and len(stacked.card["heads"]) == 3
     np.testing.assert_allclose(fed.encoder(stacked).encode(images),
@@ -193,14 +197,14 @@ def test_an_unreadable_gallery_image_is_named_before_anything_trains(fed: Studio
     fed.image_path(victim).write_bytes(b"not an image any more")
     before = leftovers(fed)
     with pytest.raises(TrainingError, match=rf"1 gallery image\(s\).*{victim.id[:12]}.*Gallery"):
-        fed.train_from_feedback(TrainSettings.for_mode("partial", epochs=1))
+        fine_tune(fed, TrainSettings.for_mode("partial", epochs=1))
     assert leftovers(fed) == before
 
 
 def test_a_cancelled_partial_run_leaves_nothing(fed: Studio) -> None:
     before = leftovers(fed)
     with pytest.raises(TrainingCancelled):
-        fed.train_from_feedback(TrainSettings.for_mode("partial"), callbacks=[CancelFirstStep()])
+        fine_tune(fed, TrainSettings.for_mode("partial"), callbacks=[CancelFirstStep()])
     assert leftovers(fed) == before
 
 
@@ -218,8 +222,8 @@ def test_cli_train_partial_takes_the_mode_and_blocks(fed: Studio) -> None:
 
 def test_a_tower_version_on_a_tower_version_chains_both_towers(fed: Studio) -> None:
     settings = TrainSettings.for_mode("partial", epochs=1, lr=1e-2)
-    fed.train_from_feedback(settings, activate=True)
-    second = fed.train_from_feedback(settings)
+    fine_tune(fed, settings, activate=True)
+    second = fine_tune(fed, settings)
     version = fed.store.get_model_version(second.version)
     assert version.card["tower"] == [f"ft-0001/{TOWER_FILE}", f"ft-0002/{TOWER_FILE}"]
     sample = fed.store.list_images()[:4]
@@ -245,9 +249,9 @@ class ActivateMidRun:
 def test_activating_another_version_mid_run_does_not_change_the_new_versions_parent(
     fed: Studio,
 ) -> None:
-    fed.train_from_feedback(TrainSettings(epochs=1, lr=1e-2))  # ft-0001, a head, inactive
+    fine_tune(fed, TrainSettings(epochs=1, lr=1e-2))  # ft-0001, a head, inactive
     settings = TrainSettings.for_mode("partial", epochs=1)
-    report = fed.train_from_feedback(settings, callbacks=[ActivateMidRun(fed, "ft-0001")])
+    report = fine_tune(fed, settings, callbacks=[ActivateMidRun(fed, "ft-0001")])
     version = fed.store.get_model_version(report.version)
     assert (report.parent, version.parent) == ("base", "base")
     assert version.card["heads"] == [f"{report.version}/{HEAD_FILE}"]  # not ft-0001's

@@ -1,5 +1,5 @@
-"""core.training on constructed data: a learnable problem is learnt (loss falls, held-out recall
-rises, measured by brute force here), early stopping keeps the best epoch, the NaN / collapse
+"""core.learn.training on constructed data: a learnable problem is learnt (loss falls, held-out
+recall rises, measured by brute force here), early stopping keeps the best epoch, the NaN / collapse
 guardrails stop the run, and callbacks hear every step and epoch and may cancel."""
 
 from __future__ import annotations
@@ -13,14 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from core.training import (
-    PairTensors,
-    ResidualHead,
-    TrainingCancelled,
-    TrainingError,
-    TrainSettings,
-    fit,
-)
+from core.encoder.heads import ResidualHead
+from core.encoder.registry import EncoderError
+from core.learn.training import PairTensors, TrainingCancelled, TrainingError, TrainSettings, fit
 
 N_POINTS, DIM, N_CLASSES = 200, 16, 8
 TRAIN_ROWS = np.arange(120)  # pairs are drawn from these only
@@ -145,7 +140,7 @@ def test_a_head_with_taps_starts_as_the_identity_and_refuses_other_widths() -> N
     np.testing.assert_allclose(apply(head, raw),
                                embedding / np.linalg.norm(embedding, axis=1, keepdims=True),
                                atol=1e-6)  # fmt: skip
-    with pytest.raises(TrainingError, match="columns"):
+    with pytest.raises(EncoderError, match="columns"):
         apply(head, raw[:, :DIM])
 
 

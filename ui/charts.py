@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-from core.evaluation import Evaluation
+from core.measure.evaluation import Evaluation
 
 METRIC_LABELS = {
     "mrr": "MRR",
@@ -53,7 +53,7 @@ def curves(frame: pd.DataFrame) -> go.Figure:
 
 
 def rate_chart(table: pd.DataFrame, by: str, title: str, kind: str = "bar") -> go.Figure:
-    """A rate with its Wilson interval per group (`core.online.rates_by` output)."""
+    """A rate with its Wilson interval per group (`core.measure.online.rates_by` output)."""
     table = table.assign(plus=table.high - table.rate, minus=table.rate - table.low)
     x = table[by].astype(str) if by != "position" else table[by]
     hover = "%{y:.3f} of %{customdata} impressions"

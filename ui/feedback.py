@@ -19,14 +19,12 @@ GRADE_HELP = "0 unrelated · 1 somewhat · 2 similar · 3 near-identical"
 
 
 def _set_label(studio: Studio, query_id: int, image_id: str, kind: str, value: int) -> None:
-    studio.store.feedback.log_interaction(query_id, image_id, kind, value=value)
+    studio.log_interaction(query_id, image_id, kind, value)
 
 
 def _set_grade(studio: Studio, query_id: int, image_id: str, key: str) -> None:
     grade = GRADE_CHOICES.index(st.session_state[key]) - 1  # "Grade…" (-1) clears the grade
-    studio.store.feedback.log_interaction(
-        query_id, image_id, "grade", value=None if grade < 0 else grade
-    )
+    studio.log_interaction(query_id, image_id, "grade", None if grade < 0 else grade)
 
 
 @st.dialog("Result", width="large")
@@ -62,7 +60,7 @@ def result_card(studio: Studio, query_id: int, result: SearchResult, label: Resu
         type="tertiary",
         help="Open larger",
     ):
-        studio.store.feedback.log_interaction(query_id, result.image_id, "click")
+        studio.log_interaction(query_id, result.image_id, "click")
         _open_large(studio, result)
     _label_button(studio, query_id, result, "similar", label.relevance == "similar")
     _label_button(studio, query_id, result, "not_similar", label.relevance == "not_similar")
@@ -83,7 +81,7 @@ def feedback_grid(
     studio: Studio, search: LoggedSearch, chain: Sequence[int], columns: int = 5
 ) -> None:
     """The results of a logged search as cards, labels read along the refine `chain`."""
-    labels = studio.store.feedback.labels(list(chain))
+    labels = studio.result_labels(chain)
     empty = ResultLabel(None, None)
     for start in range(0, len(search.results), columns):
         row = st.columns(columns)

@@ -13,9 +13,9 @@ import streamlit as st
 import torch
 
 from core.config import Settings, load_settings
-from core.encoder import Encoder, load_encoder
-from core.finetune import load_heads, load_tower
-from core.index import VectorIndex
+from core.encoder.model import Encoder, load_encoder
+from core.encoder.versions import load_heads, load_tower
+from core.search.index import VectorIndex
 from core.studio import Studio
 
 

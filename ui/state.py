@@ -8,15 +8,16 @@ from typing import TypeVar
 
 import streamlit as st
 
-from core.store import User
+from core.store import ImageRecord, User
 from core.studio import Studio
+from ui.text import ALL_LABELS
 
 T = TypeVar("T")
 
 CURRENT_USER_KEY = "current_user"  # (user id, location) chosen in the sidebar this run
 DEFAULT_USER = "guest"
-PICK_KEYS = {  # the Search page's gallery-pick widgets, which other pages may preset
-    "source": "query_source",
+PICK_KEYS = {  # the Search page's gallery-pick widgets, which other pages preset
+    "source": "query_source",  # a key of ui.text.QUERY_SOURCE_LABELS
     "label": "pick_label",
     "image": "pick_image",
 }
@@ -40,8 +41,16 @@ def current_user(studio: Studio) -> tuple[User, str | None]:
     """The user (and location to log) picked in the sidebar by app.py on this run."""
     user_id, location = st.session_state.get(CURRENT_USER_KEY, (None, None))
     if user_id is None:  # a page run on its own (tests): fall back to the guest
-        return studio.store.ensure_user(DEFAULT_USER), None
-    return studio.store.get_user(user_id), location
+        return studio.user(DEFAULT_USER), None
+    return studio.user(user_id=user_id), location
+
+
+def preset_gallery_pick(record: ImageRecord) -> None:
+    """Make the Search page open on "pick from the gallery" with `record` chosen (another
+    page's "Search with this image"); call before `st.switch_page`."""
+    st.session_state.update(
+        {PICK_KEYS["source"]: "gallery", PICK_KEYS["label"]: ALL_LABELS, PICK_KEYS["image"]: record}
+    )
 
 
 def mark_app_frame() -> None:

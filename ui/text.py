@@ -1,4 +1,7 @@
-"""Words for the dashboards: what each metric rewards and what it misses (the seed's notes)."""
+"""Words and fixed choices the pages show: what each metric rewards and misses (the seed's
+notes), option labels, accepted upload types, captions."""
+
+from core.gallery.images import IMAGE_EXTENSIONS
 
 METRIC_NOTES = {
     "mrr": "**MRR** rewards putting *a* relevant image first (1 / rank of the first hit); it "
@@ -16,3 +19,28 @@ METRIC_NOTES = {
     "similar_share": "**Labelled similar** is the share of shown results people marked similar: "
     "explicit, but sparse and only from those who label.",
 }
+
+# The Search page's query sources: widget values are the keys, people read the labels. Other
+# pages preset the source by key (`ui.state.preset_gallery_pick`), never by display text.
+QUERY_SOURCE_LABELS = {"upload": "Upload an image", "gallery": "Pick from the gallery"}
+ALL_LABELS = "(all)"  # the label filter's "no filter" choice
+
+# What the upload boxes accept: every image format ingest reads, and zips where whole galleries go.
+UPLOAD_IMAGE_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
+UPLOAD_GALLERY_TYPES = [*UPLOAD_IMAGE_TYPES, "zip"]
+
+MODE_HELP = {  # the Train page's modes, with what each costs on the demo gallery
+    "head": "an adapter on the frozen encoder's features and stage taps: about half a minute",
+    "partial": "the encoder's last stage and the adapter: about a minute on the demo gallery",
+    "full": "the whole image tower: minutes, and the most prone to overfit small feedback",
+}
+
+MAP_CAPTION = (
+    "Star: your last search, placed at the similarity-weighted mean of its nearest images; "
+    "lines to the results it showed. Green / red: pairs labelled similar / not similar. "
+    "Select a point (click or box) to see it and search with it."
+)
+COHESION_CAPTION = (
+    "Mean cosine within a label against mean cosine to the other labels' images; a larger gap "
+    "is a tighter, better separated category. Click a column to sort."
+)

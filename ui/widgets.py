@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from core.simulate import SIMULATOR_USER
+from core.measure.simulate import SIMULATOR_USER
 from core.store import User
 from core.studio import Studio
 from ui.state import CURRENT_USER_KEY, DEFAULT_USER
@@ -25,12 +25,12 @@ def browser_location() -> str | None:
 def _create_user(studio: Studio) -> None:
     name = st.session_state.get(_NEW_USER_KEY, "").strip()
     if name:
-        studio.store.ensure_user(name)
+        studio.user(name)
         st.session_state[_USER_KEY] = name  # allowed: callbacks run before the widget exists
 
 
 def _save_location(studio: Studio, user: User, key: str) -> None:
-    studio.store.set_user_location(user.id, st.session_state[key].strip() or None)
+    studio.set_user_location(user.id, st.session_state[key].strip() or None)
 
 
 def user_picker(studio: Studio) -> tuple[User, str | None]:
@@ -38,14 +38,14 @@ def user_picker(studio: Studio) -> tuple[User, str | None]:
 
     The choice is kept in session state, where pages read it with `ui.state.current_user`.
     """
-    studio.store.ensure_user(DEFAULT_USER)
-    names = [u.name for u in studio.store.list_users() if u.name != SIMULATOR_USER]
+    studio.user(DEFAULT_USER)
+    names = [u.name for u in studio.users() if u.name != SIMULATOR_USER]
     choice = st.sidebar.selectbox("User", [*names, _NEW_USER], key=_USER_KEY)
     if choice == _NEW_USER:
         st.sidebar.text_input("Display name", key=_NEW_USER_KEY)
         st.sidebar.button("Create user", on_click=_create_user, args=(studio,))
         choice = DEFAULT_USER  # until the new user exists, actions are logged as the guest
-    user = studio.store.ensure_user(choice)
+    user = studio.user(choice)
     key = f"location-{user.id}"
     st.sidebar.text_input(
         "Location",
@@ -65,7 +65,7 @@ def sidebar(studio: Studio) -> None:
     """Active model and gallery size, on every page."""
     version = studio.active_version()
     st.sidebar.markdown(f"**Model** `{version.version}` · {version.encoder}")
-    st.sidebar.markdown(f"**Gallery** {studio.store.count_images():,} images")
+    st.sidebar.markdown(f"**Gallery** {studio.count_images():,} images")
 
 
 def progress_bar(label: str) -> Callable[[int, int], None]:

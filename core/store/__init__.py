@@ -6,9 +6,9 @@
 - `feedback`: `FeedbackLog` (`Store.feedback`), queries, impressions and interactions.
 """
 
+from core.choices import EXPORT_FORMATS, INTERACTION_TYPES, QUERY_SOURCES, SPLITS
 from core.store.catalog import (
     BASE_VERSION,
-    SPLITS,
     ImageRecord,
     ModelVersion,
     Store,
@@ -18,10 +18,7 @@ from core.store.catalog import (
 from core.store.database import BUSY_TIMEOUT_MS, StoreError, utc_now
 from core.store.feedback import (
     ACTION_TYPES,
-    EXPORT_FORMATS,
-    INTERACTION_TYPES,
     LOG_COLUMNS,
-    QUERY_SOURCES,
     FeedbackLog,
     LoggedQuery,
     ResultLabel,

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.choices import SPLITS
 from core.store.database import Database, StoreError, utc_now
 from core.store.feedback import FeedbackLog
 from core.store.runs import RunLog, TrainingLog
 
-SPLITS = ("train", "test")
 BASE_VERSION = "base"
 
 
@@ -47,6 +47,20 @@ class ModelVersion:
     active: bool
     created_at: str
     card: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        """One row of a versions table (`models`, the Train page): lineage, mode, and the test
+        metrics recorded when it was trained (empty for a base)."""
+        return {
+            "version": self.version,
+            "active": self.active,
+            "parent": self.parent,
+            "mode": self.card.get("mode"),
+            "created_at": self.created_at,
+            "metrics": self.card.get("metrics", {}),
+            "metrics_before": self.card.get("metrics_before", {}),
+            "pairs": (self.card.get("pairs") or {}).get("pairs"),
+        }
 
 
 @dataclass(frozen=True)

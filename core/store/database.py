@@ -16,12 +16,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from core.errors import LookalikeError
 from core.store.schema import MIGRATIONS
 
 BUSY_TIMEOUT_MS = 30_000
 
 
-class StoreError(ValueError):
+class StoreError(LookalikeError, ValueError):
     """A request the catalog cannot satisfy (unknown version, bad split, …); one sentence."""
 
 

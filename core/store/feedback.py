@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from core.choices import EXPORT_FORMATS, QUERY_SOURCES
 from core.store.database import StoreError, utc_now
 
 if TYPE_CHECKING:
     from core.store.database import Database
 
-INTERACTION_TYPES = ("impression", "click", "similar", "not_similar", "grade")
 ACTION_TYPES = ("click", "similar", "not_similar", "grade")  # what a person does to a result
-QUERY_SOURCES = ("upload", "gallery", "refine", "simulate")
 LOG_COLUMNS = (
     "user_id",
     "query_image_id",
@@ -39,7 +38,6 @@ LOG_COLUMNS = (
     "model_version",
     "value",
 )
-EXPORT_FORMATS = ("csv", "parquet")
 
 
 @dataclass(frozen=True)

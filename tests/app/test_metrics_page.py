@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.simulate import simulate
+from core.measure.simulate import simulate
 from core.studio import Studio
 
 

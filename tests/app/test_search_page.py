@@ -49,7 +49,7 @@ def test_pick_from_the_gallery_excludes_the_query_itself(
 ) -> None:
     studio.ingest([make_gallery(per_label=3)], label_from_folders=True)
     at = app().run()
-    at.segmented_control[0].set_value("Pick from the gallery").run()
+    at.segmented_control[0].set_value("gallery").run()
     assert not at.exception
     captions = [c.value for c in at.caption if c.value.startswith("**#")]
     assert len(captions) == 10 and all("1.000" not in c.split("·")[1] for c in captions)

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import core.jobs
-from core.jobs import run_training_job
-from core.simulate import simulate
+import core.learn.jobs
+from core.learn.jobs import run_training_job
+from core.learn.training import TrainSettings
+from core.measure.simulate import simulate
 from core.store import TrainingRun
 from core.studio import Studio
-from core.training import TrainSettings
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_the_chosen_mode_sets_the_epoch_default_and_reaches_the_job(
         started.append(train)
         return trained.store.training.queue("base", asdict(train))
 
-    monkeypatch.setattr(core.jobs, "start_training", fake_start)
+    monkeypatch.setattr(core.learn.jobs, "start_training", fake_start)
     at = train_page(app)
     assert at.slider[0].value == TrainSettings().epochs  # head by default
     at.radio[0].set_value("partial").run()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,9 +21,16 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from core.config import Settings
-from core.encoder import Encoder
-from core.images import IMAGE_EXTENSIONS, ImageError, LoadedImage, load_image, thumbnail_bytes
-from core.index import VectorIndex
+from core.encoder.model import Encoder
+from core.files import atomic_write
+from core.gallery.images import (
+    IMAGE_EXTENSIONS,
+    ImageError,
+    LoadedImage,
+    load_image,
+    thumbnail_bytes,
+)
+from core.search.index import VectorIndex
 from core.store import ImageRecord, Store, split_for
 
 log = logging.getLogger(__name__)
@@ -126,19 +132,6 @@ def iter_candidates(
             yield Candidate(str(path), path.name, None, _read_file(path))
         else:
             yield Rejected(str(path), f"{path} does not exist.")
-
-
-def atomic_write(target: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a killed run never leaves half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def file_name_for(loaded: LoadedImage, original_name: str) -> str:

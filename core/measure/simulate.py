@@ -15,14 +15,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from core.metrics import ctr
+from core.errors import LookalikeError
+from core.measure.metrics import ctr
 from core.store import Store
 from core.studio import SearchResult, Studio
 
 SIMULATOR_USER = "simulator"
 
 
-class SimulationError(ValueError):
+class SimulationError(LookalikeError, ValueError):
     """The simulation cannot run as asked; one sentence."""
 
 

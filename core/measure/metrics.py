@@ -24,12 +24,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import numpy.typing as npt
 
+from core.choices import AP_VARIANTS, METRIC_NAMES
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
-
-METRIC_NAMES: tuple[str, ...] = ("mrr", "map", "precision_at_k", "recall_at_k", "ndcg_at_k")
-AP_VARIANTS: tuple[str, ...] = ("relevant", "retrieved")  # AP@k divided by |R| / by hits in top k
 
 
 # --- argument checks -------------------------------------------------------------------------

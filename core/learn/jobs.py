@@ -4,7 +4,7 @@
 `python -m core train-job RUN_ID` in a new session, so closing the browser — or restarting the
 app — does not stop it. The job writes its progress (epoch, step, loss, ETA) and per-epoch
 losses to the store, where the Train page polls them, and checks for a cancel request at
-every step. A cancelled or failed run writes no version (see `core.finetune`).
+every step. A cancelled or failed run writes no version (see `core.learn.finetune`).
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Settings
+from core.learn.finetune import fine_tune
+from core.learn.training import TrainingCancelled, TrainSettings
 from core.store import Store, TrainingRun
 from core.studio import Studio
-from core.training import TrainingCancelled, TrainSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the project folder, where `python -m core` runs
 
 
 def _alive(pid: int | None) -> bool:
@@ -112,7 +113,7 @@ def run_training_job(studio: Studio, run_id: int) -> TrainingRun:
     settings = TrainSettings(**run.settings)
     callback = StoreProgress(studio.store, run_id, settings.epochs)
     try:
-        report = studio.train_from_feedback(settings, callbacks=[callback])
+        report = fine_tune(studio, settings, callbacks=[callback])
     except TrainingCancelled:
         training.update(run_id, status="cancelled", message="Cancelled; nothing was written.")
     except Exception as exc:  # the page must learn why; the version was cleaned up

@@ -21,8 +21,9 @@ timestamp, model_version, value, query_id`. Everything here is counted per *impr
   and is JSON-ready). A click or label always belongs to its impression's group, whenever it
   happened.
 
-Every rate comes with its counts and a 95 % Wilson score interval (`core.metrics.wilson_interval`);
-with no impressions a rate is 0.0 with the interval (0.0, 1.0), never NaN.
+Every rate comes with its counts and a 95 % Wilson score interval
+(`core.measure.metrics.wilson_interval`); with no impressions a rate is 0.0 with the
+interval (0.0, 1.0), never NaN.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from core.metrics import ctr, wilson_interval
+from core.measure.metrics import ctr, wilson_interval
 
 GROUPINGS: tuple[str, ...] = ("model_version", "position", "day", "user_id")
 OUTCOMES: tuple[str, ...] = ("clicked", "similar", "labelled")
@@ -76,7 +77,7 @@ class Rate:
 
 
 def make_rate(successes: int, trials: int) -> Rate:
-    """A `Rate` from counts, using `core.metrics.ctr` and `wilson_interval`."""
+    """A `Rate` from counts, using `core.measure.metrics.ctr` and `wilson_interval`."""
     successes, trials = int(successes), int(trials)
     low, high = wilson_interval(successes, trials)
     return Rate(successes, trials, ctr(successes, trials), low, high)

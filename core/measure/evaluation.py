@@ -2,7 +2,7 @@
 
 Queries rank the rest of the split (the query itself removed) by exact cosine similarity of
 the version's stored vectors, so the numbers describe the encoder, not the approximate index.
-Metric definitions live in `core.metrics` (DESIGN.md, "Metrics, exactly").
+Metric definitions live in `core.measure.metrics` (DESIGN.md, "Metrics, exactly").
 
 Relevance sources:
 - `labels`: every labelled image of the split is a query; an item is relevant (gain 1) when it
@@ -22,22 +22,17 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from core.index import VectorIndex
-from core.metrics import (
-    METRIC_NAMES,
-    RankingMetrics,
-    per_query_metrics,
-    rank_by_scores,
-    ranking_metrics,
-)
-from core.store import SPLITS, EvaluationRun, ImageRecord, Store, StoreError
+from core.choices import EVAL_SPLITS, METRIC_NAMES, RELEVANCE_SOURCES
+from core.errors import LookalikeError
+from core.measure.metrics import RankingMetrics, per_query_metrics, rank_by_scores, ranking_metrics
+from core.search.index import VectorIndex
+from core.store import EvaluationRun, ImageRecord, Store, StoreError
+from core.studio import Studio
 
-EVAL_SPLITS = ("all", *SPLITS)
-RELEVANCE_SOURCES = ("labels", "feedback")
 QueryVectors = Callable[[Sequence[str]], dict[str, np.ndarray]]  # ids -> (d,) vectors found
 
 
-class EvaluationError(ValueError):
+class EvaluationError(LookalikeError, ValueError):
     """Evaluation is impossible as asked (unknown split, nothing labelled, missing vectors)."""
 
 
@@ -87,7 +82,7 @@ class Ranking:
         return ranking_metrics(self.gains[:, :k], self.n_relevant, k, ideal_gains=self.ideal_gains)
 
     def metrics(self, k: int) -> dict[str, np.ndarray]:
-        """Per-query arrays at cutoff k (see `core.metrics.per_query_metrics`)."""
+        """Per-query arrays at cutoff k (see `core.measure.metrics.per_query_metrics`)."""
         return per_query_metrics(
             self.gains[:, :k], self.n_relevant, k, ideal_gains=self.ideal_gains
         )
@@ -265,6 +260,14 @@ def build_ranking(
     return _feedback_ranking(records, vectors, judgements, lookup, depth, labels)
 
 
+def studio_ranking(
+    studio: Studio, version: str, split: str = "all", relevance: str = "labels", depth: int = 10
+) -> Ranking:
+    """`build_ranking` over a studio's store and index, from the version's stored vectors (the
+    Metrics page's curves and worst queries)."""
+    return build_ranking(studio.store, studio.index, version, split, relevance, depth)
+
+
 def _stored_vectors(index: VectorIndex, version: str) -> QueryVectors:
     def lookup(ids: Sequence[str]) -> dict[str, np.ndarray]:
         found, vectors = index.get_embeddings(version, list(ids))
@@ -300,6 +303,40 @@ def evaluate_version(
         per_label=per_label_table(ranking, k),
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def evaluate(
+    studio: Studio,
+    version: str | None = None,
+    split: str = "all",
+    k: int = 10,
+    relevance: str = "labels",
+    *,
+    reuse: bool = False,
+) -> Evaluation:
+    """Offline metrics of a version (default: the active one), stored as an evaluation run.
+    With `reuse`, a stored run of the same gallery and log state answers instead."""
+    name = version or studio.active_version().version
+    store = studio.store
+    signature = store.state_signature()
+    if reuse and (run := store.runs.latest_evaluation(name, split, k, relevance, signature)):
+        return evaluation_from_run(run)
+    result = evaluate_version(
+        store, studio.index, name, split, k, relevance, studio.query_vectors(name)
+    )
+    store.runs.add_evaluation(
+        model_version=name,
+        split=split,
+        k=k,
+        relevance=relevance,
+        n_queries=result.n_queries,
+        n_excluded=result.n_excluded,
+        metrics=result.metrics() | {f"{m}_interval": b for m, b in result.intervals.items()},
+        per_label=result.per_label,
+        signature=signature,
+        seconds=result.seconds,
+    )
+    return result
 
 
 def metric_curves(ranking: Ranking, ks: Sequence[int]) -> pd.DataFrame:

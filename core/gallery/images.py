@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.config import ImageLimits
+from core.errors import LookalikeError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -45,7 +46,7 @@ _WHITE = (255, 255, 255, 255)
 _THUMB_QUALITY = 85  # JPEG quality of thumbnails: no visible artefacts at grid size
 
 
-class ImageError(ValueError):
+class ImageError(LookalikeError, ValueError):
     """A file that cannot be used as an image; str(exc) is one sentence a UI can show."""
 
 

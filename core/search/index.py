@@ -38,6 +38,7 @@ from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import ChromaError, NotFoundError
 
 from core.config import ConfigError, IndexSettings, Settings
+from core.errors import LookalikeError
 
 COLLECTION_PREFIX = "lookalike-"
 NORM_TOLERANCE = 1e-3  # float32 encoders land within ~1e-6 of 1; 1e-3 only catches real mistakes
@@ -48,7 +49,7 @@ Exclusions = Sequence[set[str]] | None  # per query row: ids to leave out of its
 _EXACT_CHUNK = 1024  # query rows per matrix product: bounds exact search memory to chunk x n
 
 
-class VectorIndexError(RuntimeError):
+class VectorIndexError(LookalikeError, RuntimeError):
     """The index cannot do what was asked; the message is a sentence a user can be shown."""
 
 

@@ -40,21 +40,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.encoder import StageTaps, apply_heads, freeze_batch_norm, is_timm_trunk, stage_modules
-from core.images import ImageError, load_image
-from core.ingest import atomic_write
-from core.training import (
+from core.encoder.heads import ResidualHead, apply_heads
+from core.encoder.taps import StageTaps, freeze_batch_norm, is_timm_trunk, stage_modules
+from core.files import atomic_write
+from core.gallery.images import ImageError, load_image
+from core.learn.training import (
     Callback,
     History,
     PairTensors,
-    ResidualHead,
     TrainingError,
     TrainSettings,
     fit,
 )
 
 if TYPE_CHECKING:
-    from core.encoder import Encoder
+    from core.encoder.model import Encoder
     from core.store import ModelVersion
     from core.studio import Studio
 
@@ -92,7 +92,7 @@ class _WholeTower(nn.Module):
 @dataclass
 class Tower:
     """A split tower: `prefix` (frozen, no gradients) then `suffix` (trainable); the tapped
-    stages (`core.encoder.stage_modules`) of each, in order."""
+    stages (`core.encoder.model.stage_modules`) of each, in order."""
 
     prefix: Callable[[torch.Tensor], torch.Tensor]
     suffix: nn.Module

@@ -1,4 +1,5 @@
-"""Image encoders: the only module that imports open_clip and timm.
+"""The encoder registry: which open_clip models exist, how each is built, where its weights
+come from. The only importer of open_clip and timm (with `taps`, which reads timm's layers).
 
 Every encoder is an open_clip model built through open_clip's factory and wrapped in an
 `Encoder`, whose `encode` returns `(n, d)` float32 L2-normalised embeddings. A private registry
@@ -18,23 +19,23 @@ names the choices; `list_encoders()` / `get_encoder_spec()` are its accessors.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import socket
 import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
 from urllib.parse import urlparse
 
-import numpy as np
 import open_clip
 import torch
 from PIL import Image
+
+from core.errors import LookalikeError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ DEFAULT_ENCODER = "efficientnet-lite0"
 HUB_PROBE_SECONDS = 3.0
 
 
-class EncoderError(RuntimeError):
+class EncoderError(LookalikeError, RuntimeError):
     """An encoder cannot be built or used; the message is a sentence a UI can show."""
 
 
@@ -258,218 +259,3 @@ def _create(spec: EncoderSpec) -> tuple[Any, Callable[[Image.Image], torch.Tenso
             f"{DEFAULT_ENCODER!r}."
         ) from exc
     return model, preprocess
-
-
-class Encoder:
-    """An open_clip model in eval mode with its own preprocessing; images in, unit vectors out."""
-
-    def __init__(
-        self,
-        spec: EncoderSpec,
-        model: torch.nn.Module,
-        preprocess: Callable[[Image.Image], torch.Tensor],
-    ) -> None:
-        self.spec = spec
-        self.model: Any = model.eval()  # an open_clip CLIP; typed loosely (no stubs)
-        self.preprocess = preprocess
-        self.heads: tuple[torch.nn.Module, ...] = ()  # fine-tuned adapters, applied in order
-        self.dim = int(spec.config["embed_dim"]) if spec.config else self._probe_dim()
-
-    def with_heads(self, heads: Sequence[torch.nn.Module]) -> Encoder:
-        """The same model and preprocessing with adapters on its normalised features (a
-        fine-tuned version in `head` mode); this encoder is left unchanged."""
-        adapted = copy.copy(self)
-        adapted.heads = tuple(head.eval() for head in heads)
-        return adapted
-
-    def with_tower(self, states: Sequence[Mapping[str, torch.Tensor]]) -> Encoder:
-        """A copy whose image tower carries fine-tuned weights (a version in `partial` or
-        `full` mode): each state names tower parameters, later states win. This encoder is
-        left unchanged."""
-        model = copy.deepcopy(self.model)
-        own = model.visual.state_dict()
-        for state in states:
-            unknown = sorted(set(state) - set(own))
-            wrong = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
-            if unknown or wrong:
-                raise EncoderError(
-                    f"The fine-tuned tower weights do not fit {self.name}: "
-                    f"{', '.join([*unknown, *wrong][:3])}."
-                )
-            model.visual.load_state_dict(dict(state), strict=False)
-        tuned = copy.copy(self)
-        tuned.model = model.eval()
-        return tuned
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def _probe_dim(self) -> int:
-        image_size = getattr(self.model.visual, "image_size", (224, 224))
-        size = image_size if isinstance(image_size, tuple) else (image_size, image_size)
-        with torch.inference_mode():
-            return int(self.model.encode_image(torch.zeros(1, 3, *size)).shape[1])
-
-    def tapped(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) preprocessed pixels -> the tower's (B, d) raw features and its (B, t)
-        stage taps (`StageTaps`; t = 0 for towers without stages).
-
-        A timm trunk is walked stage by stage, as its own forward does, rather than hooked:
-        cached encoders share one model between sessions, and hooks on it would catch the
-        other sessions' passes."""
-        visual = self.model.visual
-        if not stage_modules(visual):
-            plain: torch.Tensor = self.model.encode_image(batch)
-            return plain, torch.zeros(len(batch), 0)
-        trunk = visual.trunk
-        x = trunk.bn1(trunk.conv_stem(batch))
-        taps = []
-        for stage in trunk.blocks:
-            x = stage(x)
-            taps.append(pooled_unit(x))
-        features: torch.Tensor = visual.head(trunk.forward_head(trunk.bn2(trunk.conv_head(x))))
-        return features, torch.cat(taps, dim=1)
-
-    def features(self, batch: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) preprocessed pixels -> (B, d) raw image features (gradients allowed)."""
-        if not self.heads:
-            features: torch.Tensor = self.model.encode_image(batch)
-            return features
-        # heads were trained on the unit vectors the parent indexes, and the tower's taps
-        if any(head_taps(head) for head in self.heads):
-            features, taps = self.tapped(batch)
-        else:  # heads from before the taps
-            features, taps = self.model.encode_image(batch), torch.zeros(len(batch), 0)
-        features = torch.nn.functional.normalize(features.float(), dim=-1)
-        return apply_heads(self.heads, features, taps)
-
-    def encode(
-        self,
-        images: Sequence[Image.Image],
-        batch_size: int = 32,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> np.ndarray:
-        """RGB images -> (n, d) float32 unit-norm embeddings, in batches, without gradients.
-
-        `progress(done, total)` is called after each batch.
-        """
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1.")
-        out = np.zeros((len(images), self.dim), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                chunk = images[start : start + batch_size]
-                pixels = torch.stack([self.preprocess(img) for img in chunk])  # (B, 3, H, W)
-                feats = torch.nn.functional.normalize(self.features(pixels).float(), dim=-1)
-                out[start : start + len(chunk)] = feats.numpy()
-                if progress is not None:
-                    progress(start + len(chunk), len(images))
-        return out
-
-
-_TIMM_PARTS = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "forward_head")
-
-
-def is_timm_trunk(visual: torch.nn.Module) -> bool:
-    """An open_clip `TimmModel` around an EfficientNet-style timm trunk (stem, stages, head)."""
-    trunk = getattr(visual, "trunk", None)
-    return trunk is not None and all(hasattr(trunk, part) for part in _TIMM_PARTS)
-
-
-def stage_modules(visual: torch.nn.Module) -> list[torch.nn.Module]:
-    """The stages whose outputs are tapped: a timm trunk's `blocks`, in order; none for other
-    towers (a ViT's heads then read its embedding alone)."""
-    if not is_timm_trunk(visual):
-        return []
-    trunk: Any = visual.trunk
-    return list(trunk.blocks)
-
-
-def pooled_unit(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, ...) stage output -> (B, C) float32, averaged over space, L2-normalised."""
-    pooled = x.float().mean(dim=tuple(range(2, x.dim())))
-    return torch.nn.functional.normalize(pooled, dim=-1)
-
-
-def head_taps(head: torch.nn.Module) -> int:
-    """How many tap columns a head reads after the embedding (0: the embedding alone)."""
-    return int(getattr(head, "taps", 0))
-
-
-def apply_heads(
-    heads: Sequence[torch.nn.Module], features: torch.Tensor, taps: torch.Tensor
-) -> torch.Tensor:
-    """(B, d) unit vectors through `heads` in order; a head that reads taps gets the (B, t)
-    taps after the vector."""
-    for head in heads:
-        features = head(torch.cat([features, taps], dim=1) if head_taps(head) else features)
-    return features
-
-
-class StageTaps:
-    """Forward hooks that keep each stage's output, average-pooled and L2-normalised, while a
-    forward pass runs inside the `with` block; `tensor()` concatenates them in stage order.
-
-    Early stages see colour, stroke and texture, which the pooled last layer averages away; a
-    `head` that reads them beside the embedding ranks the demo's fine-grained categories
-    better (README, "The closed loop"). Gradients flow through the taps. For modules only one
-    thread runs (a training copy); `Encoder.tapped` computes the same taps without hooks.
-    """
-
-    def __init__(self, modules: Sequence[torch.nn.Module]) -> None:
-        self.modules = list(modules)
-        self.outputs: dict[int, torch.Tensor] = {}
-        self._handles: list[Any] = []
-
-    def __enter__(self) -> StageTaps:
-        for n, module in enumerate(self.modules):
-            self._handles.append(module.register_forward_hook(self._keeper(n)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def _keeper(self, n: int) -> Callable[..., None]:
-        def keep(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
-            self.outputs[n] = pooled_unit(output)
-
-        return keep
-
-    def tensor(self, batch: int) -> torch.Tensor:
-        """(B, t): every stage's pooled unit vector, in order; (B, 0) without stages."""
-        if len(self.outputs) != len(self.modules):
-            raise EncoderError("A tapped stage did not run; the taps are incomplete.")
-        if not self.modules:
-            return torch.zeros(batch, 0)
-        return torch.cat([self.outputs[n] for n in range(len(self.modules))], dim=1)
-
-
-def freeze_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
-    """`module` with every BatchNorm (timm's BatchNormAct too) frozen: statistics and affine
-    become buffers, whatever the train/eval mode (timm's `freeze_batch_norm_2d`)."""
-    from timm.layers import freeze_batch_norm_2d
-
-    frozen: torch.nn.Module = freeze_batch_norm_2d(module)
-    return frozen
-
-
-def load_encoder(name: str = DEFAULT_ENCODER, *, seed: int = 0) -> Encoder:
-    """Build a registry encoder (or an open_clip ARCH/TAG pair) ready for `encode`.
-
-    Random-init parts (the untrained text tower, `tiny-test`) are seeded so two loads agree.
-    """
-    spec = get_encoder_spec(name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model, preprocess = _create(spec)
-    if spec.name == DEFAULT_ENCODER:
-        trunk = model.visual.trunk
-        weights = efficientnet_lite0_state_dict()
-        del weights["classifier.weight"], weights["classifier.bias"]
-        missing, unexpected = trunk.load_state_dict(weights, strict=False)
-        if unexpected or any(not key.startswith("classifier") for key in missing):
-            raise EncoderError(f"ImageNet weights did not fit the trunk: {missing} {unexpected}.")
-    return Encoder(spec, model, preprocess)

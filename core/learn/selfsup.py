@@ -19,11 +19,20 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from core.encoder import Encoder
-from core.finetune import HEAD_FILE, FineTuneReport, head_vectors, register_version
-from core.images import ImageError, load_image
-from core.ingest import Candidate, iter_candidates
-from core.training import Callback, PairTensors, ResidualHead, TrainingError, TrainSettings, fit
+from core.encoder.heads import ResidualHead
+from core.encoder.model import Encoder
+from core.encoder.versions import HEAD_FILE
+from core.gallery.images import ImageError, load_image
+from core.gallery.ingest import Candidate, iter_candidates
+from core.learn.finetune import FineTuneReport, head_vectors, register_version
+from core.learn.training import (
+    Callback,
+    PairTensors,
+    TrainingError,
+    TrainSettings,
+    fit,
+)
+from core.measure.evaluation import evaluate
 
 if TYPE_CHECKING:
     from core.studio import Studio
@@ -107,7 +116,7 @@ def self_supervised(
         raise TrainingError("Self-supervised training trains the head mode only.")
     settings = replace(settings, taps=False)  # its head reads the embedding alone
     parent = studio.active_version()
-    before = studio.evaluate(parent.version, split="test").metrics()
+    before = evaluate(studio, parent.version, split="test").metrics()
     encoder = studio.encoder(parent)
     rows = torch.arange(len(images))
     pairs = PairTensors(rows, rows, torch.zeros((len(images), 0), dtype=torch.long),

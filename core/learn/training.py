@@ -23,9 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.losses import InfoNCELoss
+from core.choices import TRAIN_MODES
+from core.errors import LookalikeError
+from core.learn.losses import InfoNCELoss
 
-MODES = ("head", "partial", "full")
+MODES = TRAIN_MODES
 # Per-mode defaults (`TrainSettings.for_mode`): the tower modes move pretrained convolutions,
 # which wants a lower rate and fewer epochs than an adapter starting at zero (demo loop).
 MODE_DEFAULTS: dict[str, dict[str, float | int]] = {
@@ -35,7 +37,7 @@ MODE_DEFAULTS: dict[str, dict[str, float | int]] = {
 }
 
 
-class TrainingError(RuntimeError):
+class TrainingError(LookalikeError, RuntimeError):
     """Training stopped because it went wrong (NaN loss, collapse, no pairs); one sentence."""
 
 
@@ -139,25 +141,6 @@ class PairTensors:
         shared_anchor = anchors[:, None] == anchors[None, :]  # a positive of the anchor's kind
         alike = same_anchor | same_positive | shared_anchor
         return alike & ~torch.eye(len(self), dtype=torch.bool)
-
-
-class ResidualHead(nn.Module):
-    """[x, taps] -> normalise(x + W [x, taps]): W (dim x (dim + taps)) starts at zero, so
-    fine-tuning starts from the parent's ranking. `taps` > 0 columns after the (B, dim) unit
-    vector are the tower's stage taps (`core.encoder.StageTaps`)."""
-
-    def __init__(self, dim: int, taps: int = 0) -> None:
-        super().__init__()
-        self.dim, self.taps = dim, taps
-        self.linear = nn.Linear(dim + taps, dim, bias=False)
-        nn.init.zeros_(self.linear.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, dim + taps) -> (B, dim)
-        if x.shape[1] != self.dim + self.taps:
-            raise TrainingError(
-                f"This head reads {self.dim} + {self.taps} columns, not {x.shape[1]}."
-            )
-        return nn.functional.normalize(x[:, : self.dim] + self.linear(x), dim=-1)
 
 
 # (B,) row numbers -> the model's inputs for those rows: a (B, D) tensor, or a tuple of

@@ -2,7 +2,7 @@
 
 The log is `FeedbackLog.interactions(with_query_id=True)` (oldest first). A *judgement* is the
 current verdict on one (query image, displayed image) pair, pooled over every search with that
-query image, as `core.evaluation.feedback_gains` pools them:
+query image, as `core.measure.evaluation.feedback_gains` pools them:
 
 - **Explicit** (weights `label_weight` / `grade_weight`): the latest `grade` row, when it is not
   cleared (NaN), decides — positive when >= `positive_grade`, negative when <= `negative_grade`,
@@ -60,6 +60,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from core.errors import LookalikeError
+
 UNLABELLED = "(unlabelled)"  # the anchor-label bucket of images without a category
 JUDGEMENT_COLUMNS = ("query_image_id", "displayed_image_id", "relevance", "source", "weight")
 POSITIVE_SOURCES = ("label", "grade", "click", "transitive")
@@ -68,7 +70,7 @@ _PAIR = ["query_image_id", "displayed_image_id"]
 _NEEDED = ("query_id", "query_image_id", "displayed_image_id", "position", "interaction_type")
 
 
-class PairError(ValueError):
+class PairError(LookalikeError, ValueError):
     """Settings or a population that cannot give training pairs; the message is for the UI."""
 
 

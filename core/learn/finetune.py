@@ -2,11 +2,11 @@
 
 `head` mode trains a `ResidualHead` on the parent version's stored vectors (the frozen
 encoder's unit features) beside the tower's stage taps (one forward pass over the gallery,
-`core.tower.gallery_taps`): pairs come from the log restricted to the `train` split
-(`core.pairs`), the head is fitted (`core.training.fit`), the gallery's new vectors are the
-head applied to the parent's vectors and taps, and the version is evaluated on `test`, before
-and after. Nothing is registered until its weights and its index collection are complete; a
-failure removes what was written.
+`core.learn.tower.gallery_taps`): pairs come from the log restricted to the `train` split
+(`core.learn.pairs`), the head is fitted (`core.learn.training.fit`), the gallery's new
+vectors are the head applied to the parent's vectors and taps, and the version is evaluated
+on `test`, before and after. Nothing is registered until its weights and its index
+collection are complete; a failure removes what was written.
 """
 
 from __future__ import annotations
@@ -15,33 +15,28 @@ import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save
 
-from core.encoder import stage_modules
-from core.ingest import atomic_write
-from core.pairs import PairSettings, TrainingPairs, build_pairs
-from core.training import (
+from core.encoder.heads import ResidualHead
+from core.encoder.taps import stage_modules
+from core.encoder.versions import HEAD_FILE, TOWER_FILE, save_weights
+from core.learn.pairs import PairSettings, TrainingPairs, build_pairs
+from core.learn.training import (
     Callback,
     History,
     PairTensors,
-    ResidualHead,
     TrainingError,
     TrainSettings,
     fit,
 )
+from core.measure.evaluation import evaluate
 
 if TYPE_CHECKING:
-    from core.encoder import Encoder
     from core.store import ModelVersion
     from core.studio import Studio
-
-HEAD_FILE = "head.safetensors"
-TOWER_FILE = "tower.safetensors"  # partial / full: the trained tower parameters
 
 
 @dataclass(frozen=True)
@@ -60,24 +55,6 @@ class FineTuneReport:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-def load_tower(base: Encoder, models_dir: Path, files: Sequence[str]) -> Encoder:
-    """`base` with a version's tower weights (safetensors files relative to `models_dir`, in
-    order), loaded without pickle."""
-    return base.with_tower([load_file(models_dir / name) for name in files])
-
-
-def load_heads(models_dir: Path, files: Sequence[str]) -> list[torch.nn.Module]:
-    """Adapters from safetensors files (relative to `models_dir`), loaded without pickle."""
-    heads: list[torch.nn.Module] = []
-    for name in files:
-        weights = load_file(models_dir / name)
-        rows, columns = weights["linear.weight"].shape  # (dim, dim + taps)
-        head = ResidualHead(rows, taps=columns - rows)
-        head.load_state_dict(weights)
-        heads.append(head.eval())
-    return heads
 
 
 def _next_version(studio: Studio) -> str:
@@ -100,11 +77,6 @@ def _tensors(pairs: TrainingPairs, row: dict[str, int]) -> PairTensors:
         weights=torch.tensor(pairs.weights, dtype=torch.float32),
         groups=groups,
     )
-
-
-def _save_state(state: Mapping[str, torch.Tensor], target: Path) -> None:
-    """Write weights atomically (`atomic_write`: a temporary file, then a rename)."""
-    atomic_write(target, save({k: v.contiguous() for k, v in state.items()}))
 
 
 def feedback_pairs(studio: Studio, pair_settings: PairSettings) -> TrainingPairs:
@@ -138,7 +110,7 @@ def register_version(
     chain = {"heads": HEAD_FILE, "tower": TOWER_FILE}  # card key -> file, parent's files first
     try:
         for name, state in weights.items():
-            _save_state(state, folder / name)
+            save_weights(state, folder / name)
         studio.index.upsert(version, vectors[0], vectors[1].astype(np.float32))
         files = {
             key: [*parent.card.get(key, []), *([f"{version}/{name}"] if name in weights else [])]
@@ -155,7 +127,7 @@ def register_version(
         studio.index.drop(version)
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    after = studio.evaluate(version, split="test").metrics()
+    after = evaluate(studio, version, split="test").metrics()
     studio.store.update_card(version, metrics=after, metrics_before=before)
     if activate:
         studio.store.activate(version)
@@ -174,14 +146,16 @@ def head_vectors(
 
 def fine_tune(
     studio: Studio,
-    settings: TrainSettings,
-    pair_settings: PairSettings,
+    settings: TrainSettings | None = None,
+    pair_settings: PairSettings | None = None,
     *,
     activate: bool = False,
     callbacks: Sequence[Callback] = (),
 ) -> FineTuneReport:
-    """Fine-tune the active version on its feedback in `settings.mode`; register, index and
-    evaluate the new version."""
+    """Fine-tune the active version on its logged feedback (train split only) in
+    `settings.mode` (default: `head`) into a new version, indexed and evaluated on `test`."""
+    settings = settings or TrainSettings()
+    pair_settings = pair_settings or PairSettings()
     parent = studio.active_version()
     ids, vectors = studio.index.get_embeddings(parent.version)
     row = {image_id: n for n, image_id in enumerate(ids)}
@@ -190,7 +164,7 @@ def fine_tune(
         raise TrainingError("Not enough feedback on train images to fine-tune: label more.")
     # Before anything is written: a test split that cannot be evaluated stops the run here,
     # not after the version is registered without its metrics.
-    before = studio.evaluate(parent.version, split="test").metrics()
+    before = evaluate(studio, parent.version, split="test").metrics()
     card: dict[str, object] = {"mode": settings.mode, "source": "feedback", "pairs": pairs.summary}
     prepared = 0.0  # seconds spent reading the gallery before training
     if settings.mode == "head":
@@ -198,7 +172,7 @@ def fine_tune(
         taps = np.zeros((len(ids), 0), dtype=np.float32)
         encoder = studio.encoder(parent) if settings.taps else None  # --no-taps needs none
         if encoder is not None and stage_modules(encoder.model.visual):
-            from core.tower import gallery_taps, taps_key
+            from core.learn.tower import gallery_taps, taps_key
 
             started = time.perf_counter()
             models = studio.settings.models_dir
@@ -211,7 +185,7 @@ def fine_tune(
         weights = {HEAD_FILE: dict(head.state_dict())}
         gallery = head_vectors(head, ids, inputs)
     else:
-        from core.tower import tower_fit
+        from core.learn.tower import tower_fit
 
         result = tower_fit(studio, parent, ids, _tensors(pairs, row), settings, callbacks)
         history, gallery = result.history, (ids, result.vectors)

@@ -16,8 +16,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +25,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-METHODS = ("umap", "pca")
+from core.choices import PROJECTION_METHODS
+from core.errors import LookalikeError
+from core.files import atomic_write
+
+METHODS = PROJECTION_METHODS
 MAX_POINTS = 20_000  # larger galleries are sampled for the map
 PCA_DIMS = 50  # UMAP runs on this many principal components
 
 Stage = Callable[[str], None]  # progress: a short description of the step starting now
 
 
-class ProjectionError(ValueError):
+class ProjectionError(LookalikeError, ValueError):
     """A map cannot be made as asked (unknown method, too few points); one sentence."""
 
 
@@ -170,11 +174,10 @@ class ProjectionCache:
 
     def put(self, version: str, signature: str, layout: Layout) -> None:
         """Write atomically (a temporary file renamed), so readers never see half a file."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         meta = json.dumps({"method": layout.method, "total": layout.total})
-        with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".npz", delete=False) as tmp:
-            np.savez(tmp, ids=np.array(layout.ids), coords=layout.coords, meta=np.array(meta))
-        Path(tmp.name).replace(self._path(version, layout.method, signature))
+        buffer = io.BytesIO()
+        np.savez(buffer, ids=np.array(layout.ids), coords=layout.coords, meta=np.array(meta))
+        atomic_write(self._path(version, layout.method, signature), buffer.getvalue())
 
     def layout(
         self,

@@ -14,6 +14,8 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from core.errors import LookalikeError
+
 log = logging.getLogger(__name__)
 
 DEMO_PACKAGE = "tuxpaint-stamps-default"
@@ -24,7 +26,7 @@ _DONE_MARKER = ".unpacked"
 Runner = Callable[[Sequence[str], Path], subprocess.CompletedProcess[str]]
 
 
-class DemoDataError(RuntimeError):
+class DemoDataError(LookalikeError, RuntimeError):
     """The demo gallery cannot be fetched here; the message says why and what to do instead."""
 
 

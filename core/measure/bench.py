@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from core.demo import DEMO_EXTENSIONS
-from core.images import load_image
-from core.index import recall_against_exact
-from core.ingest import Candidate, iter_candidates
+from core.gallery.demo import DEMO_EXTENSIONS
+from core.gallery.images import load_image
+from core.gallery.ingest import Candidate, iter_candidates
+from core.search.index import recall_against_exact
 from core.store import ImageRecord, Store
 from core.studio import Studio
 
@@ -146,7 +146,7 @@ def bench_log(n_rows: int = 2000, processes: int = 4) -> dict[str, float]:
 
 def bench_umap(studio: Studio, n_points: int = 10_000) -> dict[str, float]:
     """UMAP seconds for the active version's gallery and for `n_points` points like it."""
-    from core.projection import project
+    from core.measure.projection import project
 
     _, vectors = studio.index.get_embeddings(studio.active_version().version)
     rng = np.random.default_rng(0)

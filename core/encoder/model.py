@@ -1,0 +1,150 @@
+"""`Encoder`: an open_clip model in eval mode with its preprocessing; images in, (n, d) float32
+unit vectors out. `load_encoder` builds one from the registry (`core.encoder.registry`)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.encoder.heads import apply_heads, head_taps
+from core.encoder.registry import (
+    DEFAULT_ENCODER,
+    EncoderError,
+    EncoderSpec,
+    _create,
+    efficientnet_lite0_state_dict,
+    get_encoder_spec,
+)
+from core.encoder.taps import pooled_unit, stage_modules
+
+
+class Encoder:
+    """An open_clip model in eval mode with its own preprocessing; images in, unit vectors out."""
+
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        model: torch.nn.Module,
+        preprocess: Callable[[Image.Image], torch.Tensor],
+    ) -> None:
+        self.spec = spec
+        self.model: Any = model.eval()  # an open_clip CLIP; typed loosely (no stubs)
+        self.preprocess = preprocess
+        self.heads: tuple[torch.nn.Module, ...] = ()  # fine-tuned adapters, applied in order
+        self.dim = int(spec.config["embed_dim"]) if spec.config else self._probe_dim()
+
+    def with_heads(self, heads: Sequence[torch.nn.Module]) -> Encoder:
+        """The same model and preprocessing with adapters on its normalised features (a
+        fine-tuned version in `head` mode); this encoder is left unchanged."""
+        adapted = copy.copy(self)
+        adapted.heads = tuple(head.eval() for head in heads)
+        return adapted
+
+    def with_tower(self, states: Sequence[Mapping[str, torch.Tensor]]) -> Encoder:
+        """A copy whose image tower carries fine-tuned weights (a version in `partial` or
+        `full` mode): each state names tower parameters, later states win. This encoder is
+        left unchanged."""
+        model = copy.deepcopy(self.model)
+        own = model.visual.state_dict()
+        for state in states:
+            unknown = sorted(set(state) - set(own))
+            wrong = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
+            if unknown or wrong:
+                raise EncoderError(
+                    f"The fine-tuned tower weights do not fit {self.name}: "
+                    f"{', '.join([*unknown, *wrong][:3])}."
+                )
+            model.visual.load_state_dict(dict(state), strict=False)
+        tuned = copy.copy(self)
+        tuned.model = model.eval()
+        return tuned
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def _probe_dim(self) -> int:
+        image_size = getattr(self.model.visual, "image_size", (224, 224))
+        size = image_size if isinstance(image_size, tuple) else (image_size, image_size)
+        with torch.inference_mode():
+            return int(self.model.encode_image(torch.zeros(1, 3, *size)).shape[1])
+
+    def tapped(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) preprocessed pixels -> the tower's (B, d) raw features and its (B, t)
+        stage taps (`StageTaps`; t = 0 for towers without stages).
+
+        A timm trunk is walked stage by stage, as its own forward does, rather than hooked:
+        cached encoders share one model between sessions, and hooks on it would catch the
+        other sessions' passes."""
+        visual = self.model.visual
+        if not stage_modules(visual):
+            plain: torch.Tensor = self.model.encode_image(batch)
+            return plain, torch.zeros(len(batch), 0)
+        trunk = visual.trunk
+        x = trunk.bn1(trunk.conv_stem(batch))
+        taps = []
+        for stage in trunk.blocks:
+            x = stage(x)
+            taps.append(pooled_unit(x))
+        features: torch.Tensor = visual.head(trunk.forward_head(trunk.bn2(trunk.conv_head(x))))
+        return features, torch.cat(taps, dim=1)
+
+    def features(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed pixels -> (B, d) raw image features (gradients allowed)."""
+        if not self.heads:
+            features: torch.Tensor = self.model.encode_image(batch)
+            return features
+        # heads were trained on the unit vectors the parent indexes, and the tower's taps
+        if any(head_taps(head) for head in self.heads):
+            features, taps = self.tapped(batch)
+        else:  # heads from before the taps
+            features, taps = self.model.encode_image(batch), torch.zeros(len(batch), 0)
+        features = torch.nn.functional.normalize(features.float(), dim=-1)
+        return apply_heads(self.heads, features, taps)
+
+    def encode(
+        self,
+        images: Sequence[Image.Image],
+        batch_size: int = 32,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """RGB images -> (n, d) float32 unit-norm embeddings, in batches, without gradients.
+
+        `progress(done, total)` is called after each batch.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1.")
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                chunk = images[start : start + batch_size]
+                pixels = torch.stack([self.preprocess(img) for img in chunk])  # (B, 3, H, W)
+                feats = torch.nn.functional.normalize(self.features(pixels).float(), dim=-1)
+                out[start : start + len(chunk)] = feats.numpy()
+                if progress is not None:
+                    progress(start + len(chunk), len(images))
+        return out
+
+
+def load_encoder(name: str = DEFAULT_ENCODER, *, seed: int = 0) -> Encoder:
+    """Build a registry encoder (or an open_clip ARCH/TAG pair) ready for `encode`.
+
+    Random-init parts (the untrained text tower, `tiny-test`) are seeded so two loads agree.
+    """
+    spec = get_encoder_spec(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, preprocess = _create(spec)
+    if spec.name == DEFAULT_ENCODER:
+        trunk = model.visual.trunk
+        weights = efficientnet_lite0_state_dict()
+        del weights["classifier.weight"], weights["classifier.bias"]
+        missing, unexpected = trunk.load_state_dict(weights, strict=False)
+        if unexpected or any(not key.startswith("classifier") for key in missing):
+            raise EncoderError(f"ImageNet weights did not fit the trunk: {missing} {unexpected}.")
+    return Encoder(spec, model, preprocess)
