@@ -187,9 +187,12 @@ def cmd_train(studio: Any, args: argparse.Namespace) -> int:
         from core.learn.selfsup import load_folder, self_supervised
 
         report = self_supervised(
-            studio, load_folder(args.images), settings, activate=args.activate,
+            studio,
+            load_folder(args.images),
+            settings,
+            activate=args.activate,
             callbacks=[_EpochPrinter()],
-        )  # fmt: skip
+        )
     else:
         report = fine_tune(studio, settings, activate=args.activate, callbacks=[_EpochPrinter()])
     payload = report.as_dict()
@@ -215,8 +218,11 @@ def cmd_train_job(studio: Any, args: argparse.Namespace) -> int:
     from core.learn.jobs import run_training_job
 
     run = run_training_job(studio, args.run_id)
-    _emit({"run": run.id, "status": run.status, "version": run.version, "message": run.message},
-          args.json, f"run {run.id}: {run.status} {run.message or ''}")  # fmt: skip
+    _emit(
+        {"run": run.id, "status": run.status, "version": run.version, "message": run.message},
+        args.json,
+        f"run {run.id}: {run.status} {run.message or ''}",
+    )
     return 0 if run.status in ("done", "cancelled") else 1
 
 

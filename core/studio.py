@@ -330,9 +330,14 @@ class Studio:
         return loaded.id
 
     def _log(
-        self, user_id: int, query_image_id: str, results: list[SearchResult], source: str,
-        parent_id: int | None = None, location: str | None = None,
-    ) -> LoggedSearch:  # fmt: skip
+        self,
+        user_id: int,
+        query_image_id: str,
+        results: list[SearchResult],
+        source: str,
+        parent_id: int | None = None,
+        location: str | None = None,
+    ) -> LoggedSearch:
         query_id = self.store.feedback.log_query(
             user_id=user_id,
             query_image_id=query_image_id,

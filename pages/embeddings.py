@@ -29,9 +29,12 @@ method = method_column.segmented_control(
     key="projection",
 )
 color = color_column.segmented_control(
-    "Colour by", ["category", "label"], default="category", required=True,
+    "Colour by",
+    ["category", "label"],
+    default="category",
+    required=True,
     help="category: the first folder of the label (animals, food, …)",
-)  # fmt: skip
+)
 show_feedback = color_column.toggle("Feedback pairs", value=True)
 active = studio.active_version().version
 chosen = versions_column.multiselect(

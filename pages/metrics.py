@@ -42,9 +42,12 @@ split_column, k_column, relevance_column = st.columns(3)
 split = split_column.segmented_control("Split", EVAL_SPLITS, default="all", required=True)
 k = k_column.slider("Cutoff k", min_value=1, max_value=50, value=10)
 relevance = relevance_column.segmented_control(
-    "Relevance", RELEVANCE_SOURCES, default="labels", required=True,
+    "Relevance",
+    RELEVANCE_SOURCES,
+    default="labels",
+    required=True,
     help="labels: same category · feedback: what people marked similar / graded",
-)  # fmt: skip
+)
 chosen = st.multiselect("Model versions", versions, default=versions)
 signature = studio.state_signature()
 offline, per_label, online, worst = st.tabs(["Offline", "By label", "Online", "Worst queries"])
@@ -83,7 +86,7 @@ with per_label:
                 label: st.column_config.ProgressColumn(label, min_value=0, max_value=1)
                 for label in METRIC_LABELS.values()
             },
-        )  # fmt: skip
+        )
 
 with online:
     log = studio.interactions(with_query_id=True)

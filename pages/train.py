@@ -37,8 +37,11 @@ st.subheader("What the feedback holds")
 a, b, c, d = st.columns(4)
 a.metric("Training pairs", f"{len(pairs):,}", help=f"{summary['pairs_before']} before re-balancing")
 b.metric("Positives", sum(summary["positives"].values()), help=str(summary["positives"]))
-c.metric("Explicit negatives", sum(summary["explicit_negatives"].values()),
-         help=str(summary["explicit_negatives"]))  # fmt: skip
+c.metric(
+    "Explicit negatives",
+    sum(summary["explicit_negatives"].values()),
+    help=str(summary["explicit_negatives"]),
+)
 d.metric("Negatives per pair", summary["negatives_per_pair"], help=str(summary["negatives"]))
 if len(pairs):
     balance = pd.DataFrame(
@@ -47,9 +50,12 @@ if len(pairs):
     balance = balance.sort_values("before", ascending=False).head(25).reset_index(names="label")
     figure = px.bar(
         balance.melt(id_vars="label", var_name="re-balancing", value_name="pairs"),
-        x="label", y="pairs", color="re-balancing", barmode="group",
+        x="label",
+        y="pairs",
+        color="re-balancing",
+        barmode="group",
         title="Pairs per anchor label, before and after re-balancing (top 25)",
-    )  # fmt: skip
+    )
     st.plotly_chart(figure, width="stretch")
 else:
     st.info(
@@ -63,8 +69,9 @@ mode = st.radio(
 defaults = TrainSettings.for_mode(mode)
 with st.form("settings"):
     middle, right = st.columns(2)
-    epochs = middle.slider("Epochs (upper bound; early stopping)", 1, 200, defaults.epochs,
-                           key=f"epochs-{mode}")  # fmt: skip
+    epochs = middle.slider(
+        "Epochs (upper bound; early stopping)", 1, 200, defaults.epochs, key=f"epochs-{mode}"
+    )
     temperature = right.select_slider("Temperature", [0.05, 0.07, 0.1, 0.2, 0.5], value=0.2)
     start = st.form_submit_button("Start training", type="primary", disabled=len(pairs) < 2)
 if start:
@@ -87,8 +94,12 @@ def show_run(run: TrainingRun) -> None:
         status(f"Run {run.id} · {run.status} · {run.message or ''}")
     if run.losses:
         losses = pd.DataFrame(run.losses).melt(id_vars="epoch", var_name="loss", value_name="value")
-        st.plotly_chart(px.line(losses, x="epoch", y="value", color="loss", markers=True,
-                                title="Loss per epoch"), width="stretch")  # fmt: skip
+        st.plotly_chart(
+            px.line(
+                losses, x="epoch", y="value", color="loss", markers=True, title="Loss per epoch"
+            ),
+            width="stretch",
+        )
 
 
 @st.fragment(run_every=1.0)

@@ -154,8 +154,9 @@ def test_taps_are_each_stages_pooled_unit_vector_and_leave_no_hook(
             h = stage(h)
             pooled = torch.nn.functional.normalize(h.mean(dim=(2, 3)), dim=-1)
             width = pooled.shape[1]
-            np.testing.assert_allclose(taps[:, start : start + width].numpy(), pooled.numpy(),
-                                       atol=1e-6)  # fmt: skip
+            np.testing.assert_allclose(
+                taps[:, start : start + width].numpy(), pooled.numpy(), atol=1e-6
+            )
             widths.append(width)
             start += width
     assert taps.shape == (3, sum(widths))

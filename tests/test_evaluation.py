@@ -353,8 +353,11 @@ def test_feedback_relevance_equals_the_brute_force_reference(
     # k beyond the split: the upload ranks all 40 images, so its last-ranked relevant one counts
     per_query, _ = feedback_reference(studio, judge, query_vectors, "all", 500)
     assert per_query[upload.id]["recall_at_k"] == 1.0
-    row = next(r for r in evaluate(studio, k=500, relevance="feedback").per_label
-               if r["label"] == "(unlabelled)")  # fmt: skip
+    row = next(
+        r
+        for r in evaluate(studio, k=500, relevance="feedback").per_label
+        if r["label"] == "(unlabelled)"
+    )
     assert row["recall_at_k"] == 1.0
 
 
@@ -473,10 +476,19 @@ def test_ties_rank_in_catalog_order_not_by_id(studio: Studio) -> None:
     catalog = [q, early_tie, late_tie, early_zero, late_zero]
     label = dict(zip([fake_id(n) for n in names], names.values(), strict=True))
     studio.store.add_images(
-        ImageRecord(id=i, original_name=f"{n}.png", label=label[i], split="train", width=1,
-                    height=1, file="x.png", source="test", added_at=f"2024-01-01T00:00:0{n}Z")
+        ImageRecord(
+            id=i,
+            original_name=f"{n}.png",
+            label=label[i],
+            split="train",
+            width=1,
+            height=1,
+            file="x.png",
+            source="test",
+            added_at=f"2024-01-01T00:00:0{n}Z",
+        )
         for n, i in enumerate(catalog)
-    )  # fmt: skip
+    )
     assert [r.id for r in studio.store.list_images()] == catalog
     e = np.eye(32, dtype=np.float32)
     half = (e[0] + e[1] + e[2] + e[3]) / 2  # exact in binary: every score below is exact
@@ -575,8 +587,14 @@ def test_intervals_on_a_worked_example() -> None:
     assert intervals["map"] == pytest.approx((0.375 - half, 0.375 + half))  # AP = 1/rank here
     assert intervals["precision_at_k"] == pytest.approx((0.25, 0.25))  # no spread: no width
     assert intervals["recall_at_k"] == pytest.approx((1.0, 1.0))
-    one = Ranking(["q"], ["a"], np.array([["r0", "r1"]], dtype=object), np.array([[0.0, 1.0]]),
-                  np.array([1]), np.ones((1, 1)))  # fmt: skip
+    one = Ranking(
+        ["q"],
+        ["a"],
+        np.array([["r0", "r1"]], dtype=object),
+        np.array([[0.0, 1.0]]),
+        np.array([1]),
+        np.ones((1, 1)),
+    )
     assert _intervals(one, 2)["mrr"] == (0.5, 0.5)  # a single query: the mean, no width
 
 

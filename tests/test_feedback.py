@@ -111,10 +111,20 @@ def test_log_query_writes_one_query_row_and_one_impression_per_result(store: Sto
         " interaction_type, value, score, location, model_version FROM interactions ORDER BY id",
     )
     assert rows == [
-        (query_id, alice, image_id(0), image, position, "impression", None, score,
-         "Europe/Paris", "base")
+        (
+            query_id,
+            alice,
+            image_id(0),
+            image,
+            position,
+            "impression",
+            None,
+            score,
+            "Europe/Paris",
+            "base",
+        )
         for position, (image, score) in enumerate(results, start=1)
-    ]  # fmt: skip
+    ]
 
 
 def test_log_query_with_no_results_writes_the_query_and_no_impressions(store: Store, alice: int):
@@ -189,13 +199,46 @@ def test_log_interaction_takes_position_user_and_context_from_the_impression(
         " WHERE interaction_type != 'impression' ORDER BY id",
     )
     assert rows == [
-        (first, alice, query_id, image_id(0), image_id(5), 2, "click", None, None, "Asia/Tokyo",
-         "base"),
-        (second, alice, query_id, image_id(0), image_id(6), 3, "grade", 2.0, None, "Asia/Tokyo",
-         "base"),
-        (third, bob, query_id, image_id(0), image_id(4), 1, "similar", 1.0, None, "Asia/Tokyo",
-         "base"),
-    ]  # fmt: skip
+        (
+            first,
+            alice,
+            query_id,
+            image_id(0),
+            image_id(5),
+            2,
+            "click",
+            None,
+            None,
+            "Asia/Tokyo",
+            "base",
+        ),
+        (
+            second,
+            alice,
+            query_id,
+            image_id(0),
+            image_id(6),
+            3,
+            "grade",
+            2.0,
+            None,
+            "Asia/Tokyo",
+            "base",
+        ),
+        (
+            third,
+            bob,
+            query_id,
+            image_id(0),
+            image_id(4),
+            1,
+            "similar",
+            1.0,
+            None,
+            "Asia/Tokyo",
+            "base",
+        ),
+    ]
 
 
 @dataclass
@@ -485,10 +528,21 @@ def without_timestamps(frame: pd.DataFrame) -> list[tuple[object, ...]]:
 def test_interactions_has_exactly_the_log_columns_and_types(busy_log: Store):
     frame = busy_log.feedback.interactions()
 
-    assert tuple(frame.columns) == LOG_COLUMNS == (
-        "user_id", "query_image_id", "displayed_image_id", "position", "interaction_type",
-        "location", "timestamp", "model_version", "value",
-    )  # fmt: skip
+    assert (
+        tuple(frame.columns)
+        == LOG_COLUMNS
+        == (
+            "user_id",
+            "query_image_id",
+            "displayed_image_id",
+            "position",
+            "interaction_type",
+            "location",
+            "timestamp",
+            "model_version",
+            "value",
+        )
+    )
     assert frame["user_id"].dtype == "int64"
     assert frame["position"].dtype == "int64"
     assert frame["value"].dtype == "float64"

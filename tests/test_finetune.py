@@ -42,8 +42,9 @@ def reference_taps(studio: Studio, ids: list[str]) -> np.ndarray:
     encoder = studio.encoder(studio.store.get_model_version("base"))
     trunk = encoder.model.visual.trunk
     records = studio.store.get_images(ids)
-    pixels = torch.stack([encoder.preprocess(load_image(studio.image_path(records[i])).image)
-                          for i in ids])  # fmt: skip
+    pixels = torch.stack(
+        [encoder.preprocess(load_image(studio.image_path(records[i])).image) for i in ids]
+    )
     taps = []
     with torch.no_grad():
         x = trunk.bn1(trunk.conv_stem(pixels))
@@ -72,8 +73,9 @@ def brute_force_metrics(studio: Studio, version: str) -> dict[str, float]:
     """Brute-force label metrics of `version` on the test split at k=10 (the card's)."""
     records = studio.store.list_images(split="test")
     ids = [r.id for r in records]
-    expected = reference_metrics(ids, [r.label for r in records],
-                                 vectors_by_id(studio, version, ids), 10)  # fmt: skip
+    expected = reference_metrics(
+        ids, [r.label for r in records], vectors_by_id(studio, version, ids), 10
+    )
     del expected["n_queries"]
     return expected
 
@@ -84,8 +86,9 @@ def leftovers(studio: Studio) -> tuple[list[str], list[str], list[str]]:
     written)."""
     models = studio.settings.models_dir
     found = models.rglob("*") if models.exists() else []
-    files = sorted(str(p.relative_to(models)) for p in found
-                   if p.relative_to(models).parts[0] != TAPS_DIR)  # fmt: skip
+    files = sorted(
+        str(p.relative_to(models)) for p in found if p.relative_to(models).parts[0] != TAPS_DIR
+    )
     return [v.version for v in studio.store.list_model_versions()], studio.index.versions(), files
 
 
@@ -151,8 +154,11 @@ def test_the_encoder_with_heads_reproduces_the_index_and_runs_stack(fed: Studio)
     models = fed.settings.models_dir
     base = vectors_by_id(fed, "base", gallery)
     taps = reference_taps(fed, gallery)  # both heads read the base tower's taps
-    stacked = reference_head(reference_head(base, models / "ft-0001" / HEAD_FILE, taps),
-                             models / "ft-0002" / HEAD_FILE, taps)  # fmt: skip
+    stacked = reference_head(
+        reference_head(base, models / "ft-0001" / HEAD_FILE, taps),
+        models / "ft-0002" / HEAD_FILE,
+        taps,
+    )
     np.testing.assert_allclose(vectors_by_id(fed, "ft-0002", gallery), stacked, atol=1e-5)
 
     records = [fed.store.list_images(label=label, limit=1)[0] for label in GALLERY_LABELS]
@@ -200,8 +206,9 @@ def test_a_stopped_run_leaves_no_half_written_version(
     else:
 
         def refuse(*args: object, **kwargs: object) -> None:
-            written.append(((fed.settings.models_dir / "ft-0001" / HEAD_FILE).is_file(),
-                            fed.index.versions()))  # fmt: skip
+            written.append(
+                ((fed.settings.models_dir / "ft-0001" / HEAD_FILE).is_file(), fed.index.versions())
+            )
             raise OSError("disk full")
 
         monkeypatch.setattr(fed.store, "add_model_version", refuse)
@@ -250,9 +257,14 @@ def test_cli_train_reports_before_and_after_and_does_not_activate(fed: Studio) -
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert set(payload) == {
-        "version", "parent", "pairs", "seconds", "metrics_before", "metrics_after",
+        "version",
+        "parent",
+        "pairs",
+        "seconds",
+        "metrics_before",
+        "metrics_after",
         "prepare_seconds",
-    }  # fmt: skip
+    }
     assert payload["prepare_seconds"] > 0  # the head read the gallery's taps
     assert (payload["version"], payload["parent"]) == ("ft-0001", "base")
     assert payload["pairs"] >= 2 and payload["seconds"] >= 0
@@ -282,9 +294,11 @@ def test_cli_no_taps_trains_a_head_on_the_embedding_alone(fed: Studio) -> None:
     assert load_numpy(head_file)["linear.weight"].shape == (dim, dim)
     gallery = sorted(r.id for r in fed.store.list_images())
     no_taps = np.zeros((len(gallery), 0))
-    np.testing.assert_allclose(vectors_by_id(fed, "ft-0001", gallery),
-                               reference_head(vectors_by_id(fed, "base", gallery), head_file,
-                                              no_taps), atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        vectors_by_id(fed, "ft-0001", gallery),
+        reference_head(vectors_by_id(fed, "base", gallery), head_file, no_taps),
+        atol=1e-5,
+    )
 
 
 def test_taps_are_cached_per_tower_and_a_second_head_run_reads_one_image(
@@ -296,8 +310,9 @@ def test_taps_are_cached_per_tower_and_a_second_head_run_reads_one_image(
     with np.load(cache, allow_pickle=False) as data:
         assert sorted(data["ids"].tolist()) == gallery
         order = {image_id: n for n, image_id in enumerate(data["ids"].tolist())}
-        np.testing.assert_allclose(data["taps"][[order[i] for i in gallery]],
-                                   reference_taps(fed, gallery), atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            data["taps"][[order[i] for i in gallery]], reference_taps(fed, gallery), atol=1e-5
+        )
 
     read: list[object] = []
     real_load_image = core.learn.tower.load_image
@@ -311,9 +326,11 @@ def test_taps_are_cached_per_tower_and_a_second_head_run_reads_one_image(
     assert len(read) == 1  # the one image that checks the cache against the tower
     head_file = fed.settings.models_dir / second.version / HEAD_FILE
     base = vectors_by_id(fed, "base", gallery)
-    np.testing.assert_allclose(vectors_by_id(fed, second.version, gallery),
-                               reference_head(base, head_file, reference_taps(fed, gallery)),
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        vectors_by_id(fed, second.version, gallery),
+        reference_head(base, head_file, reference_taps(fed, gallery)),
+        atol=1e-5,
+    )
     # an unreadable cache is no cache: rebuilt from the images
     monkeypatch.undo()
     for broken in (b"not a zip", b""):
@@ -328,14 +345,16 @@ def test_taps_are_cached_per_tower_and_a_second_head_run_reads_one_image(
     last = fine_tune(fed, TrainSettings(epochs=2))
     with np.load(cache, allow_pickle=False) as data:
         order = {image_id: n for n, image_id in enumerate(data["ids"].tolist())}
-        np.testing.assert_allclose(data["taps"][[order[i] for i in gallery]],
-                                   reference_taps(fed, gallery), atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            data["taps"][[order[i] for i in gallery]], reference_taps(fed, gallery), atol=1e-5
+        )
     np.testing.assert_allclose(
         vectors_by_id(fed, last.version, gallery),
-        reference_head(base, fed.settings.models_dir / last.version / HEAD_FILE,
-                       reference_taps(fed, gallery)),
+        reference_head(
+            base, fed.settings.models_dir / last.version / HEAD_FILE, reference_taps(fed, gallery)
+        ),
         atol=1e-5,
-    )  # fmt: skip
+    )
     assert not list((fed.settings.models_dir / TAPS_DIR).glob(".tmp-*"))
 
 

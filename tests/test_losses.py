@@ -218,8 +218,9 @@ def test_ignored_candidates_leave_both_directions_as_the_reference_says(
     got = InfoNCELoss(0.2, symmetric=True)(q, p, explicit, weights=w, ignore=ignore)
     rows = ignore.tolist()
     columns = ignore.T.tolist()  # positive i as the query: ignore[j, i]
-    forward = ref_info_nce_ignoring(tolist(q), tolist(p), tolist(negs) if with_negatives else None,
-                                    rows, 0.2, w.tolist())  # fmt: skip
+    forward = ref_info_nce_ignoring(
+        tolist(q), tolist(p), tolist(negs) if with_negatives else None, rows, 0.2, w.tolist()
+    )
     backward = ref_info_nce_ignoring(tolist(p), tolist(q), None, columns, 0.2, w.tolist())
     assert got.item() == pytest.approx((forward + backward) / 2, rel=1e-5, abs=1e-5)
     # nothing ignored is the plain loss; ignoring a candidate can only lower a row's loss

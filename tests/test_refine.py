@@ -160,10 +160,18 @@ class Constructed:
         self.gallery = [i for i in vectors if i != self.query]
         labels = {i: "a" for i in self.a} | {i: "b" for i in self.b} | {i: "c" for i in self.c}
         studio.store.add_images(
-            ImageRecord(id=i, original_name=f"{labels.get(i, 'q')}.png", label=labels.get(i),
-                        split=split_for(i), width=1, height=1, file="x.png", source="test")
+            ImageRecord(
+                id=i,
+                original_name=f"{labels.get(i, 'q')}.png",
+                label=labels.get(i),
+                split=split_for(i),
+                width=1,
+                height=1,
+                file="x.png",
+                source="test",
+            )
             for i in vectors
-        )  # fmt: skip
+        )
         ids = list(vectors)
         studio.index.upsert("base", ids, np.stack([vectors[i] for i in ids]))
 

@@ -37,10 +37,17 @@ def judged_search(studio: Studio) -> LoggedSearch:
 def add_run(studio: Studio, **overrides: Any) -> EvaluationRun:
     """A run written straight to the log (settings as given, the rest made up)."""
     fields: dict[str, Any] = {
-        "model_version": "base", "split": "all", "k": 10, "relevance": "labels",
-        "n_queries": 3, "n_excluded": 0, "metrics": dict.fromkeys(METRIC_NAMES, 0.5),
-        "per_label": [], "signature": "s", "seconds": 0.1,
-    }  # fmt: skip
+        "model_version": "base",
+        "split": "all",
+        "k": 10,
+        "relevance": "labels",
+        "n_queries": 3,
+        "n_excluded": 0,
+        "metrics": dict.fromkeys(METRIC_NAMES, 0.5),
+        "per_label": [],
+        "signature": "s",
+        "seconds": 0.1,
+    }
     return studio.store.runs.add_evaluation(**(fields | overrides))
 
 
@@ -159,10 +166,18 @@ def test_latest_evaluation_matches_every_setting_and_the_signature(studio: Studi
 )
 def test_the_schema_refuses_bad_settings(studio: Studio, column: str, value: object) -> None:
     row: dict[str, object] = {
-        "model_version": "base", "split": "all", "k": 10, "relevance": "labels",
-        "n_queries": 1, "n_excluded": 0, "metrics": "{}", "per_label": "[]",
-        "signature": "s", "seconds": 0.0, "created_at": "2024-01-01T00:00:00+00:00",
-    }  # fmt: skip
+        "model_version": "base",
+        "split": "all",
+        "k": 10,
+        "relevance": "labels",
+        "n_queries": 1,
+        "n_excluded": 0,
+        "metrics": "{}",
+        "per_label": "[]",
+        "signature": "s",
+        "seconds": 0.0,
+        "created_at": "2024-01-01T00:00:00+00:00",
+    }
     conn = sqlite3.connect(studio.settings.catalog_path)
     try:
         sql = f"INSERT INTO evaluation_runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"

@@ -180,16 +180,19 @@ def test_a_tower_version_reproduces_its_index_and_stacks_on_a_head(fed: Studio, 
     sample = records[:6]
     images = [load_image(fed.image_path(r)).image for r in sample]
     encoded = fed.encoder(version).encode(images)
-    np.testing.assert_allclose(encoded, vectors_by_id(fed, "ft-0002", [r.id for r in sample]),
-                               atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        encoded, vectors_by_id(fed, "ft-0002", [r.id for r in sample]), atol=1e-4
+    )
     # a head trained on top of the tower version runs through tower then both heads
     fed.store.activate("ft-0002")
     third = fine_tune(fed, TrainSettings(epochs=2, lr=1e-2))
     stacked = fed.store.get_model_version(third.version)
     assert stacked.card["tower"] == [f"ft-0002/{TOWER_FILE}"] and len(stacked.card["heads"]) == 3
-    np.testing.assert_allclose(fed.encoder(stacked).encode(images),
-                               vectors_by_id(fed, third.version, [r.id for r in sample]),
-                               atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        fed.encoder(stacked).encode(images),
+        vectors_by_id(fed, third.version, [r.id for r in sample]),
+        atol=1e-4,
+    )
 
 
 def test_an_unreadable_gallery_image_is_named_before_anything_trains(fed: Studio) -> None:
@@ -210,8 +213,18 @@ def test_a_cancelled_partial_run_leaves_nothing(fed: Studio) -> None:
 
 def test_cli_train_partial_takes_the_mode_and_blocks(fed: Studio) -> None:
     data = fed.settings.data_dir
-    result = run_cli(data, "train", "--from-feedback", "--mode", "partial", "--blocks", "2",
-                     "--epochs", "1", "--json")  # fmt: skip
+    result = run_cli(
+        data,
+        "train",
+        "--from-feedback",
+        "--mode",
+        "partial",
+        "--blocks",
+        "2",
+        "--epochs",
+        "1",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     card = {row["version"]: row for row in run_json(data, "models")}["ft-0001"]
     assert card["mode"] == "partial"
@@ -228,9 +241,11 @@ def test_a_tower_version_on_a_tower_version_chains_both_towers(fed: Studio) -> N
     assert version.card["tower"] == [f"ft-0001/{TOWER_FILE}", f"ft-0002/{TOWER_FILE}"]
     sample = fed.store.list_images()[:4]
     images = [load_image(fed.image_path(r)).image for r in sample]
-    np.testing.assert_allclose(fed.encoder(version).encode(images),
-                               vectors_by_id(fed, "ft-0002", [r.id for r in sample]),
-                               atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        fed.encoder(version).encode(images),
+        vectors_by_id(fed, "ft-0002", [r.id for r in sample]),
+        atol=1e-4,
+    )
 
 
 class ActivateMidRun:
@@ -257,6 +272,8 @@ def test_activating_another_version_mid_run_does_not_change_the_new_versions_par
     assert version.card["heads"] == [f"{report.version}/{HEAD_FILE}"]  # not ft-0001's
     sample = fed.store.list_images()[:4]
     images = [load_image(fed.image_path(r)).image for r in sample]
-    np.testing.assert_allclose(fed.encoder(version).encode(images),
-                               vectors_by_id(fed, report.version, [r.id for r in sample]),
-                               atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        fed.encoder(version).encode(images),
+        vectors_by_id(fed, report.version, [r.id for r in sample]),
+        atol=1e-4,
+    )

@@ -137,9 +137,9 @@ def test_a_head_with_taps_starts_as_the_identity_and_refuses_other_widths() -> N
     head = ResidualHead(DIM, taps=3)
     assert tuple(head.linear.weight.shape) == (DIM, DIM + 3)
     embedding = raw[:, :DIM]
-    np.testing.assert_allclose(apply(head, raw),
-                               embedding / np.linalg.norm(embedding, axis=1, keepdims=True),
-                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        apply(head, raw), embedding / np.linalg.norm(embedding, axis=1, keepdims=True), atol=1e-6
+    )
     with pytest.raises(EncoderError, match="columns"):
         apply(head, raw[:, :DIM])
 
@@ -170,13 +170,20 @@ def test_known_alike_marks_the_same_group_and_the_same_image_off_the_diagonal() 
         [False, False, False, False],  # anchor 5: positive 3 is row 2, another image
     ]
     assert alike.tolist() == expected
-    assert PairTensors(pairs.anchors, pairs.positives, pairs.negatives, pairs.weights
-                       ).known_alike() is None  # fmt: skip
+    assert (
+        PairTensors(pairs.anchors, pairs.positives, pairs.negatives, pairs.weights).known_alike()
+        is None
+    )
     taken = pairs.take(torch.tensor([0, 2])).known_alike()
     assert taken is not None and taken.tolist() == [[False, True], [True, False]]
     # two pairs of one query image (row 5, in no group): each positive is like the other anchor
-    shared = PairTensors(torch.tensor([5, 5, 2]), torch.tensor([2, 0, 3]),
-                         torch.zeros(3, 0, dtype=torch.long), torch.ones(3), groups)  # fmt: skip
+    shared = PairTensors(
+        torch.tensor([5, 5, 2]),
+        torch.tensor([2, 0, 3]),
+        torch.zeros(3, 0, dtype=torch.long),
+        torch.ones(3),
+        groups,
+    )
     alike = shared.known_alike()
     assert alike is not None
     assert alike.tolist() == [[False, True, False], [True, False, False], [True, False, False]]
@@ -185,8 +192,13 @@ def test_known_alike_marks_the_same_group_and_the_same_image_off_the_diagonal() 
 def test_known_alike_candidates_are_left_out_of_the_loss() -> None:
     vectors, labels = hidden_classes()
     pairs = class_pairs(labels, 64)
-    grouped = PairTensors(pairs.anchors, pairs.positives, pairs.negatives, pairs.weights,
-                          torch.as_tensor(labels, dtype=torch.long))  # fmt: skip
+    grouped = PairTensors(
+        pairs.anchors,
+        pairs.positives,
+        pairs.negatives,
+        pairs.weights,
+        torch.as_tensor(labels, dtype=torch.long),
+    )
     settings = TrainSettings(epochs=1, val_fraction=0, batch_size=64)
     plain = fit(ResidualHead(DIM), torch.from_numpy(vectors), pairs, settings).train_loss
     masked = fit(ResidualHead(DIM), torch.from_numpy(vectors), grouped, settings).train_loss
@@ -201,8 +213,9 @@ def test_a_batch_whose_anchors_are_one_image_is_not_a_collapse() -> None:
         negatives=torch.arange(10, 34).reshape(8, 3),
         weights=torch.ones(8),
     )
-    history = fit(ResidualHead(DIM), torch.from_numpy(vectors), pairs,
-                  TrainSettings(epochs=2, val_fraction=0))  # fmt: skip
+    history = fit(
+        ResidualHead(DIM), torch.from_numpy(vectors), pairs, TrainSettings(epochs=2, val_fraction=0)
+    )
     assert len(history.train_loss) == 2
 
 
@@ -222,8 +235,9 @@ def test_fit_passes_a_tuple_of_inputs_row_by_row_as_arguments() -> None:
     taps = np.random.default_rng(2).normal(size=(N_POINTS, 4)).astype(np.float32)
     pairs, settings = class_pairs(labels, 100), TrainSettings(epochs=3, lr=1e-2)
     joined, split = ResidualHead(DIM, taps=4), TwoInputs(ResidualHead(DIM, taps=4))
-    together = fit(joined, torch.from_numpy(np.concatenate([vectors, taps], axis=1)), pairs,
-                   settings)  # fmt: skip
+    together = fit(
+        joined, torch.from_numpy(np.concatenate([vectors, taps], axis=1)), pairs, settings
+    )
     apart = fit(split, (torch.from_numpy(vectors), torch.from_numpy(taps)), pairs, settings)
     assert together.train_loss == pytest.approx(apart.train_loss, rel=1e-5)
     torch.testing.assert_close(joined.linear.weight, split.head.linear.weight)
@@ -283,8 +297,13 @@ def test_callbacks_hear_every_step_then_the_epoch_in_order() -> None:
     vectors, labels = hidden_classes()
     recorder = Recorder()
     settings = TrainSettings(epochs=3, batch_size=32, val_fraction=0.0)
-    history = fit(ResidualHead(DIM), torch.from_numpy(vectors), class_pairs(labels, 80), settings,
-                  [recorder, Recorder()])  # fmt: skip
+    history = fit(
+        ResidualHead(DIM),
+        torch.from_numpy(vectors),
+        class_pairs(labels, 80),
+        settings,
+        [recorder, Recorder()],
+    )
 
     steps = 3  # ceil(80 / 32), every pair trains without a validation slice
     expected = [
@@ -308,8 +327,13 @@ def test_a_callback_raising_cancelled_stops_the_run_where_it_was() -> None:
     recorder = Recorder(cancel_at=(2, 1))
     settings = TrainSettings(epochs=10, batch_size=32)
     with pytest.raises(TrainingCancelled):
-        fit(ResidualHead(DIM), torch.from_numpy(vectors), class_pairs(labels, 100), settings,
-            [recorder])  # fmt: skip
+        fit(
+            ResidualHead(DIM),
+            torch.from_numpy(vectors),
+            class_pairs(labels, 100),
+            settings,
+            [recorder],
+        )
     assert recorder.events[-1][:3] == ("step", 2, 1)
     assert [e[1] for e in recorder.events if e[0] == "epoch"] == [1]
 
@@ -341,8 +365,13 @@ def test_a_collapsed_embedding_stops_with_a_training_error() -> None:
     vectors, labels = hidden_classes()
     recorder = Recorder()
     with pytest.raises(TrainingError, match="collapse"):
-        fit(Constant(DIM), torch.from_numpy(vectors), class_pairs(labels, 40),
-            TrainSettings(epochs=2), [recorder])  # fmt: skip
+        fit(
+            Constant(DIM),
+            torch.from_numpy(vectors),
+            class_pairs(labels, 40),
+            TrainSettings(epochs=2),
+            [recorder],
+        )
     assert recorder.events == []  # stopped on the first step, before reporting it
 
 

@@ -34,9 +34,15 @@ def versions_bars(evaluations: Sequence[Evaluation]) -> go.Figure:
     ]
     frame = pd.DataFrame(rows)
     figure = px.bar(
-        frame, x="metric", y="value", color="version", barmode="group",
-        error_y="plus", error_y_minus="minus", range_y=[0, 1],
-    )  # fmt: skip
+        frame,
+        x="metric",
+        y="value",
+        color="version",
+        barmode="group",
+        error_y="plus",
+        error_y_minus="minus",
+        range_y=[0, 1],
+    )
     figure.update_layout(yaxis_title=None, xaxis_title=None, legend_title="version")
     return figure
 
@@ -45,9 +51,14 @@ def curves(frame: pd.DataFrame) -> go.Figure:
     """Metric@k lines: `frame` has columns version, k, metric, value."""
     frame = frame.assign(metric=frame.metric.map(METRIC_LABELS))
     figure = px.line(
-        frame, x="k", y="value", color="metric", line_dash="version", range_y=[0, 1],
+        frame,
+        x="k",
+        y="value",
+        color="metric",
+        line_dash="version",
+        range_y=[0, 1],
         markers=False,
-    )  # fmt: skip
+    )
     figure.update_layout(yaxis_title=None, legend_title=None)
     return figure
 
@@ -62,26 +73,43 @@ def rate_chart(table: pd.DataFrame, by: str, title: str, kind: str = "bar") -> g
         figure = go.Figure(
             [
                 go.Scatter(
-                    x=x, y=table.high, mode="lines", line=band, showlegend=False, hoverinfo="skip",
+                    x=x,
+                    y=table.high,
+                    mode="lines",
+                    line=band,
+                    showlegend=False,
+                    hoverinfo="skip",
                 ),
                 go.Scatter(
-                    x=x, y=table.low, mode="lines", fill="tonexty", line=band, name="95 % interval",
-                    fillcolor="rgba(79,70,229,0.15)", hoverinfo="skip",
+                    x=x,
+                    y=table.low,
+                    mode="lines",
+                    fill="tonexty",
+                    line=band,
+                    name="95 % interval",
+                    fillcolor="rgba(79,70,229,0.15)",
+                    hoverinfo="skip",
                 ),
                 go.Scatter(
-                    x=x, y=table.rate, mode="lines+markers", name=title,
-                    customdata=table.impressions, hovertemplate=hover,
+                    x=x,
+                    y=table.rate,
+                    mode="lines+markers",
+                    name=title,
+                    customdata=table.impressions,
+                    hovertemplate=hover,
                 ),
             ]
-        )  # fmt: skip
+        )
     else:
         figure = go.Figure(
             go.Bar(
-                x=x, y=table.rate, customdata=table.impressions,
+                x=x,
+                y=table.rate,
+                customdata=table.impressions,
                 error_y={"type": "data", "array": table.plus, "arrayminus": table.minus},
                 hovertemplate=hover,
             )
-        )  # fmt: skip
+        )
     figure.update_layout(title=title, yaxis_title=None, xaxis_title=by.replace("_", " "))
     if by != "position":
         figure.update_xaxes(type="category")  # days and versions are labels, not a scale
@@ -108,10 +136,15 @@ def embedding_map(
     holds segments (x0, y0, x1, y1, similar) between a query image and a judged result.
     """
     figure = px.scatter(
-        points, x="x", y="y", color=color, custom_data=["image_id"],
+        points,
+        x="x",
+        y="y",
+        color=color,
+        custom_data=["image_id"],
         hover_data={"label": True, "name": True, "x": False, "y": False, color: False},
-        title=title, render_mode="webgl",
-    )  # fmt: skip
+        title=title,
+        render_mode="webgl",
+    )
     figure.update_traces(marker={"size": 6, "opacity": 0.8})
     if feedback is not None and not feedback.empty:
         for similar, colour, name in FEEDBACK_STYLES:
@@ -123,15 +156,26 @@ def embedding_map(
             figure.add_trace(_segments(links, "#111827", "last query → results", dash="solid"))
         figure.add_trace(
             go.Scatter(
-                x=[query[0]], y=[query[1]], mode="markers", name="last query",
-                marker={"symbol": "star", "size": 18, "color": "#f59e0b",
-                        "line": {"width": 1, "color": "#111827"}},
+                x=[query[0]],
+                y=[query[1]],
+                mode="markers",
+                name="last query",
+                marker={
+                    "symbol": "star",
+                    "size": 18,
+                    "color": "#f59e0b",
+                    "line": {"width": 1, "color": "#111827"},
+                },
             )
-        )  # fmt: skip
+        )
     figure.update_layout(
-        xaxis={"visible": False}, yaxis={"visible": False}, legend={"itemsizing": "constant"},
-        height=620, margin={"l": 10, "r": 10, "t": 50, "b": 10}, dragmode="select",
-    )  # fmt: skip
+        xaxis={"visible": False},
+        yaxis={"visible": False},
+        legend={"itemsizing": "constant"},
+        height=620,
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        dragmode="select",
+    )
     return figure
 
 
@@ -143,6 +187,11 @@ def _segments(frame: pd.DataFrame, colour: str, name: str, dash: str) -> go.Scat
         xs += [row.x0, row.x1, None]
         ys += [row.y0, row.y1, None]
     return go.Scatter(
-        x=xs, y=ys, mode="lines", name=name, hoverinfo="skip",
-        line={"color": colour, "width": 1, "dash": dash}, opacity=0.6,
-    )  # fmt: skip
+        x=xs,
+        y=ys,
+        mode="lines",
+        name=name,
+        hoverinfo="skip",
+        line={"color": colour, "width": 1, "dash": dash},
+        opacity=0.6,
+    )

@@ -117,11 +117,15 @@ def register_version(
             for key, name in chain.items()
         }
         card = {
-            **card, **{key: found for key, found in files.items() if found},
-            "settings": asdict(settings), "seconds": history.seconds,
-            "epochs_run": len(history.train_loss), "best_epoch": history.best_epoch,
-            "train_loss": history.train_loss, "val_loss": history.val_loss,
-        }  # fmt: skip
+            **card,
+            **{key: found for key, found in files.items() if found},
+            "settings": asdict(settings),
+            "seconds": history.seconds,
+            "epochs_run": len(history.train_loss),
+            "best_epoch": history.best_epoch,
+            "train_loss": history.train_loss,
+            "val_loss": history.val_loss,
+        }
         studio.store.add_model_version(version, parent.encoder, parent.version, card)
     except BaseException:
         studio.index.drop(version)
@@ -195,5 +199,6 @@ def fine_tune(
     version, after = register_version(
         studio, parent, weights, gallery, settings, history, card, before, activate
     )
-    return FineTuneReport(version, parent.version, len(pairs), history.seconds, before, after,
-                          pairs.summary, prepared)  # fmt: skip
+    return FineTuneReport(
+        version, parent.version, len(pairs), history.seconds, before, after, pairs.summary, prepared
+    )

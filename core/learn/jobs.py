@@ -56,12 +56,22 @@ def start_training(settings: Settings, train: TrainSettings) -> TrainingRun:
     log.mkdir(parents=True, exist_ok=True)
     with (log / f"train-{run.id}.log").open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "core", "train-job", str(run.id),
-             "--data-dir", str(settings.data_dir.resolve())],
-            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "core",
+                "train-job",
+                str(run.id),
+                "--data-dir",
+                str(settings.data_dir.resolve()),
+            ],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # survives the app and the browser session that started it
             env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )  # fmt: skip
+        )
     store.training.update(run.id, pid=process.pid)
     return store.training.get(run.id)
 
@@ -91,8 +101,14 @@ class StoreProgress:
         self._last_write = now
         since, measured = now - self.first[0], done - self.first[1]
         eta = round(since / measured * (self.epochs * steps - done), 1) if measured else None
-        progress = {"epoch": epoch, "epochs": self.epochs, "step": step, "steps": steps,
-                    "loss": loss, "eta_s": eta}  # fmt: skip
+        progress = {
+            "epoch": epoch,
+            "epochs": self.epochs,
+            "step": step,
+            "steps": steps,
+            "loss": loss,
+            "eta_s": eta,
+        }
         self.store.training.update(self.run_id, progress=progress)
         self._check_cancel()
 
@@ -108,8 +124,9 @@ def run_training_job(studio: Studio, run_id: int) -> TrainingRun:
     run = training.get(run_id)
     if run.status != "queued":
         return run
-    training.update(run_id, status="running", pid=os.getpid(),
-                    message="Reading the gallery, then training.")  # fmt: skip
+    training.update(
+        run_id, status="running", pid=os.getpid(), message="Reading the gallery, then training."
+    )
     settings = TrainSettings(**run.settings)
     callback = StoreProgress(studio.store, run_id, settings.epochs)
     try:
@@ -121,7 +138,9 @@ def run_training_job(studio: Studio, run_id: int) -> TrainingRun:
     else:
         before, after = report.metrics_before["map"], report.metrics_after["map"]
         training.update(
-            run_id, status="done", version=report.version,
+            run_id,
+            status="done",
+            version=report.version,
             message=f"{report.version}: test mAP@10 {before:.4f} -> {after:.4f}",
-        )  # fmt: skip
+        )
     return training.get(run_id)

@@ -119,17 +119,25 @@ def self_supervised(
     before = evaluate(studio, parent.version, split="test").metrics()
     encoder = studio.encoder(parent)
     rows = torch.arange(len(images))
-    pairs = PairTensors(rows, rows, torch.zeros((len(images), 0), dtype=torch.long),
-                        torch.ones(len(images)))  # fmt: skip  # two views of each image
+    pairs = PairTensors(
+        rows, rows, torch.zeros((len(images), 0), dtype=torch.long), torch.ones(len(images))
+    )  # two views of each image
     head = ResidualHead(encoder.dim)
     model = nn.Sequential(head, Projector(encoder.dim))
     history = fit(model, AugmentedViews(encoder, images), pairs, settings, callbacks)
     card = {"mode": settings.mode, "source": "self-supervised", "images": len(images)}
     gallery = head_vectors(head, *studio.index.get_embeddings(parent.version))
     version, after = register_version(
-        studio, parent, {HEAD_FILE: dict(head.state_dict())}, gallery, settings, history, card,
-        before, activate,
-    )  # fmt: skip
+        studio,
+        parent,
+        {HEAD_FILE: dict(head.state_dict())},
+        gallery,
+        settings,
+        history,
+        card,
+        before,
+        activate,
+    )
     summary = {"images": len(images), "train_loss": [round(x, 4) for x in history.train_loss]}
     return FineTuneReport(
         version, parent.version, len(images), history.seconds, before, after, summary

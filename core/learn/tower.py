@@ -336,9 +336,9 @@ def tower_fit(
     history = fit(model, (inputs, prefix_taps), pairs, settings, callbacks)
     model.eval()
     with torch.no_grad():
-        vectors = torch.cat([
-            model(inputs[s : s + 64], prefix_taps[s : s + 64]) for s in range(0, len(inputs), 64)
-        ])  # fmt: skip
+        vectors = torch.cat(
+            [model(inputs[s : s + 64], prefix_taps[s : s + 64]) for s in range(0, len(inputs), 64)]
+        )
     return TowerResult(
         tower=tower.trainable_state(),
         head={k: v.contiguous() for k, v in model.head.state_dict().items()},

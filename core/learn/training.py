@@ -118,9 +118,12 @@ class PairTensors:
 
     def take(self, rows: torch.Tensor) -> PairTensors:
         return PairTensors(
-            self.anchors[rows], self.positives[rows], self.negatives[rows], self.weights[rows],
+            self.anchors[rows],
+            self.positives[rows],
+            self.negatives[rows],
+            self.weights[rows],
             self.groups,
-        )  # fmt: skip
+        )
 
     def known_alike(self) -> torch.Tensor | None:
         """(B, B) bool: [i, j] when positive j is known to be like anchor i (the same image,

@@ -93,9 +93,12 @@ def _scratch_log(path: Path) -> int:
     image = "0" * 64
     store.add_images([ImageRecord(image, "x.png", None, "train", 1, 1, "x.png", "bench")])
     return store.feedback.log_query(
-        user_id=user.id, query_image_id=image, model_version="base",
-        results=[(image, 1.0)], source="simulate",
-    )  # fmt: skip
+        user_id=user.id,
+        query_image_id=image,
+        model_version="base",
+        results=[(image, 1.0)],
+        source="simulate",
+    )
 
 
 def _click_many(

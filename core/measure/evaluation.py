@@ -164,8 +164,14 @@ def _feedback_ranking(
     found = query_vectors(sorted(judgements))
     query_ids = [q for q in sorted(judgements) if q in found]
     if not query_ids:
-        return Ranking([], [], np.zeros((0, depth), object), np.zeros((0, depth)),
-                       np.zeros(0, np.int64), np.zeros((0, 1)))  # fmt: skip
+        return Ranking(
+            [],
+            [],
+            np.zeros((0, depth), object),
+            np.zeros((0, depth)),
+            np.zeros(0, np.int64),
+            np.zeros((0, 1)),
+        )
     self_rows = np.array([row_of.get(q, -1) for q in query_ids])
     ranked = _rank(np.stack([found[q] for q in query_ids]), vectors, self_rows, depth)
     ids = np.array([r.id for r in records], dtype=object)

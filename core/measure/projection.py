@@ -74,12 +74,16 @@ def umap_2d(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
 
     reduced = pca(x, PCA_DIMS) if x.shape[1] > PCA_DIMS else x
     model = umap.UMAP(
-        n_components=2, n_neighbors=min(n_neighbors, len(x) - 1), min_dist=0.1,
-        metric="euclidean", random_state=seed, init="spectral" if len(x) > 3 else "random",
+        n_components=2,
+        n_neighbors=min(n_neighbors, len(x) - 1),
+        min_dist=0.1,
+        metric="euclidean",
+        random_state=seed,
+        init="spectral" if len(x) > 3 else "random",
         # umap-learn gives up to 10,000 points 500 epochs and larger sets 200; 200 already
         # converges at this size and keeps a 10,000-point map near 40 s on two cores.
         n_epochs=200 if len(x) > 2_000 else None,
-    )  # fmt: skip
+    )
     return np.asarray(model.fit_transform(reduced), dtype=np.float32)
 
 

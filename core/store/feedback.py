@@ -125,20 +125,37 @@ class FeedbackLog:
             cursor = conn.execute(
                 "INSERT INTO queries (user_id, query_image_id, model_version, parent_id, source,"
                 " n_results, location, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (user_id, query_image_id, model_version, parent_id, source, len(ids), location,
-                 now),
-            )  # fmt: skip
+                (
+                    user_id,
+                    query_image_id,
+                    model_version,
+                    parent_id,
+                    source,
+                    len(ids),
+                    location,
+                    now,
+                ),
+            )
             query_id = int(cursor.lastrowid or 0)
             conn.executemany(
                 "INSERT INTO interactions (user_id, query_id, query_image_id, displayed_image_id,"
                 " position, interaction_type, value, score, location, model_version, timestamp)"
                 " VALUES (?, ?, ?, ?, ?, 'impression', NULL, ?, ?, ?, ?)",
                 [
-                    (user_id, query_id, query_image_id, image_id, position, float(score),
-                     location, model_version, now)
+                    (
+                        user_id,
+                        query_id,
+                        query_image_id,
+                        image_id,
+                        position,
+                        float(score),
+                        location,
+                        model_version,
+                        now,
+                    )
                     for position, (image_id, score) in enumerate(results, start=1)
                 ],
-            )  # fmt: skip
+            )
         return query_id
 
     def log_interaction(
@@ -183,9 +200,19 @@ class FeedbackLog:
                 "INSERT INTO interactions (user_id, query_id, query_image_id, displayed_image_id,"
                 " position, interaction_type, value, score, location, model_version, timestamp)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
-                (who, query_id, query.query_image_id, displayed_image_id, shown[0],
-                 interaction_type, stored, query.location, query.model_version, utc_now()),
-            )  # fmt: skip
+                (
+                    who,
+                    query_id,
+                    query.query_image_id,
+                    displayed_image_id,
+                    shown[0],
+                    interaction_type,
+                    stored,
+                    query.location,
+                    query.model_version,
+                    utc_now(),
+                ),
+            )
             return int(cursor.lastrowid or 0)
 
     def _get_query(self, conn: sqlite3.Connection, query_id: int) -> LoggedQuery:

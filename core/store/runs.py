@@ -63,9 +63,20 @@ class RunLog:
                 "INSERT INTO evaluation_runs (model_version, split, k, relevance, n_queries,"
                 " n_excluded, metrics, per_label, signature, seconds, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (model_version, split, k, relevance, n_queries, n_excluded, json.dumps(metrics),
-                 json.dumps(per_label), signature, seconds, utc_now()),
-            )  # fmt: skip
+                (
+                    model_version,
+                    split,
+                    k,
+                    relevance,
+                    n_queries,
+                    n_excluded,
+                    json.dumps(metrics),
+                    json.dumps(per_label),
+                    signature,
+                    seconds,
+                    utc_now(),
+                ),
+            )
             row = conn.execute(
                 "SELECT * FROM evaluation_runs WHERE id = ?", (cursor.lastrowid,)
             ).fetchone()

@@ -66,9 +66,18 @@ def start_streamlit(data_dir: Path, encoder: str, log: Path) -> tuple[str, subpr
     port = free_port()
     env = {**os.environ, "LOOKALIKE_DATA": str(data_dir), "LOOKALIKE_ENCODER": encoder}
     command = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-        "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(ROOT / "app.py"),
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--server.headless",
+        "true",
+    ]
     with log.open("wb") as out:
         process = subprocess.Popen(
             command,
