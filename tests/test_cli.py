@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from core.config import load_settings
 from core.search.index import VectorIndex
 from core.store import Store
-from tests.conftest import GALLERY_LABELS
+from tests.conftest import GALLERY_LABELS, raw
 from tests.test_evaluation import reference_metrics
 
 ROOT = Path(__file__).parents[1]
@@ -121,3 +122,33 @@ def test_ingest_json_reports_rejections(tmp_path: Path, make_gallery: Callable[.
     payload = run_json(tmp_path / "d", "ingest", str(root))
     assert payload["added"] == len(GALLERY_LABELS)
     assert [Path(r["path"]).name for r in payload["rejected"]] == ["broken.png"]
+
+
+def test_export_interactions_writes_the_seeds_column_names(
+    tmp_path: Path, make_gallery: Callable[..., Path]
+) -> None:
+    data = tmp_path / "data"
+    assert run_json(data, "ingest", str(make_gallery(per_label=4)), "--label-from-folders")["added"]
+    run_json(data, "simulate", "--queries", "3", "--seed", "0", "-k", "4")
+    logged = raw(load_settings(data, environ={}).catalog_path, "SELECT COUNT(*) FROM interactions")
+    seed_columns = [
+        "UserID",
+        "QueryImageID",
+        "DisplayedImageID",
+        "PositionInDisplayedList",
+        "InteractionType",
+        "Location",
+        "Timestamp",
+        "ModelVersion",
+        "Value",
+    ]
+    for name, read in (("log.csv", pd.read_csv), ("log.parquet", pd.read_parquet)):
+        out = tmp_path / name
+        report = run_json(data, "export-interactions", str(out))
+        assert report["rows"] == logged[0][0] > 0
+        back = read(out)
+        assert list(back.columns) == seed_columns
+        assert len(back) == report["rows"]
+        assert set(back["InteractionType"]) >= {"impression"}
+    header = (tmp_path / "log.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert header.split(",") == seed_columns

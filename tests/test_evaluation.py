@@ -33,7 +33,6 @@ from core.measure.evaluation import (
     worst_queries,
 )
 from core.store import ImageRecord
-from core.store.feedback import LOG_COLUMNS
 from core.studio import LoggedSearch, Studio
 from tests.conftest import GALLERY_LABELS, generated_image
 
@@ -378,9 +377,19 @@ def log_frame(rows: list[tuple[str, str, str, float | None]]) -> pd.DataFrame:
             (1, query, shown, position, kind, None, f"2024-01-01T00:00:{n:02d}", "base", value)
             for n, (position, (query, shown, kind, value)) in enumerate(enumerate(rows, start=1))
         ],
-        columns=list(LOG_COLUMNS),
+        columns=[  # FeedbackLog.interactions(): the seed's names
+            "UserID",
+            "QueryImageID",
+            "DisplayedImageID",
+            "PositionInDisplayedList",
+            "InteractionType",
+            "Location",
+            "Timestamp",
+            "ModelVersion",
+            "Value",
+        ],
     )
-    return frame.astype({"value": "float64"})
+    return frame.astype({"Value": "float64"})
 
 
 def test_feedback_gains_from_a_hand_made_log() -> None:

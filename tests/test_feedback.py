@@ -7,6 +7,7 @@ SQL against the catalog file, never from the log's own answers.
 from __future__ import annotations
 
 import hashlib
+import io
 import multiprocessing
 import random
 import sqlite3
@@ -516,9 +517,23 @@ BUSY_ROWS = [  # the busy log, by hand, without timestamps; alice is user 1 and 
 ]
 
 
+SEED_COLUMNS = [  # the seed's names for the log, in the seed's order, written out by hand
+    "UserID",
+    "QueryImageID",
+    "DisplayedImageID",
+    "PositionInDisplayedList",
+    "InteractionType",
+    "Location",
+    "Timestamp",
+    "ModelVersion",
+    "Value",
+]
+SEED_COLUMNS_WITH_QUERY_ID = [*SEED_COLUMNS, "QueryID"]
+
+
 def without_timestamps(frame: pd.DataFrame) -> list[tuple[object, ...]]:
     """Rows as plain tuples, missing values (None or NaN) as None."""
-    columns = [c for c in LOG_COLUMNS if c != "timestamp"]
+    columns = [c for c in SEED_COLUMNS if c != "Timestamp"]
     return [
         tuple(None if pd.isna(v) else v for v in row)
         for row in frame[columns].itertuples(index=False)
@@ -528,30 +543,52 @@ def without_timestamps(frame: pd.DataFrame) -> list[tuple[object, ...]]:
 def test_interactions_has_exactly_the_log_columns_and_types(busy_log: Store):
     frame = busy_log.feedback.interactions()
 
-    assert (
-        tuple(frame.columns)
-        == LOG_COLUMNS
-        == (
-            "user_id",
-            "query_image_id",
-            "displayed_image_id",
-            "position",
-            "interaction_type",
-            "location",
-            "timestamp",
-            "model_version",
-            "value",
-        )
-    )
-    assert frame["user_id"].dtype == "int64"
-    assert frame["position"].dtype == "int64"
-    assert frame["value"].dtype == "float64"
-    for column in ("query_image_id", "displayed_image_id", "interaction_type", "timestamp"):
+    assert list(frame.columns) == [
+        "UserID",
+        "QueryImageID",
+        "DisplayedImageID",
+        "PositionInDisplayedList",
+        "InteractionType",
+        "Location",
+        "Timestamp",
+        "ModelVersion",
+        "Value",
+    ]
+    assert list(LOG_COLUMNS) == SEED_COLUMNS
+    assert frame["UserID"].dtype == "int64"
+    assert frame["PositionInDisplayedList"].dtype == "int64"
+    assert frame["Value"].dtype == "float64"
+    for column in ("QueryImageID", "DisplayedImageID", "InteractionType", "Timestamp"):
         assert pd.api.types.is_string_dtype(frame[column]), column
     assert without_timestamps(frame) == BUSY_ROWS
-    stamps = [datetime.fromisoformat(t) for t in frame["timestamp"]]
+    stamps = [datetime.fromisoformat(t) for t in frame["Timestamp"]]
     assert all(t.utcoffset() is not None and t.utcoffset().total_seconds() == 0 for t in stamps)
     assert stamps == sorted(stamps)
+
+
+def test_interactions_with_query_id_appends_the_query_id_last(busy_log: Store):
+    frame = busy_log.feedback.interactions(with_query_id=True)
+
+    assert list(frame.columns) == [
+        "UserID",
+        "QueryImageID",
+        "DisplayedImageID",
+        "PositionInDisplayedList",
+        "InteractionType",
+        "Location",
+        "Timestamp",
+        "ModelVersion",
+        "Value",
+        "QueryID",
+    ]
+    assert frame["QueryID"].dtype == "int64"
+    assert frame["UserID"].dtype == "int64"
+    assert frame["PositionInDisplayedList"].dtype == "int64"
+    assert frame["Value"].dtype == "float64"
+    assert frame["QueryID"].tolist() == [
+        row[0] for row in raw(busy_log.path, "SELECT query_id FROM interactions ORDER BY id")
+    ]
+    assert without_timestamps(frame) == BUSY_ROWS
 
 
 def test_interactions_filter_by_model_version_and_user(busy_log: Store):
@@ -567,9 +604,11 @@ def test_interactions_filter_by_model_version_and_user(busy_log: Store):
 
 def test_interactions_of_an_empty_log_still_has_the_columns(store: Store):
     frame = store.feedback.interactions()
+    with_query_id = store.feedback.interactions(with_query_id=True)
 
-    assert frame.empty
-    assert tuple(frame.columns) == LOG_COLUMNS
+    assert frame.empty and with_query_id.empty
+    assert list(frame.columns) == SEED_COLUMNS
+    assert list(with_query_id.columns) == SEED_COLUMNS_WITH_QUERY_ID
 
 
 @pytest.mark.parametrize(
@@ -585,7 +624,36 @@ def test_export_round_trips_to_the_same_frame(
     assert written == len(BUSY_ROWS)
     back = read(out)
     pd.testing.assert_frame_equal(back, busy_log.feedback.interactions())
+    assert list(back.columns) == SEED_COLUMNS
     assert without_timestamps(back) == BUSY_ROWS
+
+
+def test_csv_export_header_is_the_seeds_column_names(busy_log: Store, tmp_path: Path):
+    out = tmp_path / "log.csv"
+    busy_log.feedback.export(out, "csv")
+
+    header = out.read_text(encoding="utf-8").splitlines()[0]
+    assert header == (
+        "UserID,QueryImageID,DisplayedImageID,PositionInDisplayedList,InteractionType,"
+        "Location,Timestamp,ModelVersion,Value"
+    )
+    assert busy_log.feedback.log_bytes("csv").decode("utf-8").splitlines()[0] == header
+    assert list(pd.read_csv(out).columns) == SEED_COLUMNS
+
+
+def test_parquet_export_schema_is_the_seeds_column_names(busy_log: Store, tmp_path: Path):
+    out = tmp_path / "log.parquet"
+    busy_log.feedback.export(out, "parquet")
+    in_memory = io.BytesIO(busy_log.feedback.log_bytes("parquet"))
+
+    for back in (pd.read_parquet(out), pd.read_parquet(in_memory)):
+        assert list(back.columns) == SEED_COLUMNS
+        assert back["UserID"].dtype == "int64"
+        assert back["PositionInDisplayedList"].dtype == "int64"
+        assert back["Value"].dtype == "float64"
+        for column in ("QueryImageID", "DisplayedImageID", "InteractionType", "Timestamp"):
+            assert pd.api.types.is_string_dtype(back[column]), column
+        assert without_timestamps(back) == BUSY_ROWS
 
 
 def test_export_to_an_unknown_format_is_a_store_error_and_writes_no_file(
@@ -655,7 +723,7 @@ def test_four_processes_writing_500_clicks_each_leave_exactly_2000_rows(store: S
 
     assert [p.exitcode for p in procs] == [0] * len(users)
     assert_every_click_landed(store, query_id, users, CLICKS_PER_WORKER)
-    assert len(store.feedback.interactions().query("interaction_type == 'click'")) == 2000
+    assert len(store.feedback.interactions().query("InteractionType == 'click'")) == 2000
 
 
 def test_four_threads_sharing_one_store_lose_no_clicks(store: Store):

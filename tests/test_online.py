@@ -13,9 +13,19 @@ import pytest
 from core.measure import online
 from core.measure.metrics import wilson_interval
 from core.measure.online import Rate
-from core.store import LOG_COLUMNS
 
-COLUMNS = [*LOG_COLUMNS, "query_id"]  # what FeedbackLog.interactions(with_query_id=True) has
+COLUMNS = [  # what FeedbackLog.interactions(with_query_id=True) has: the seed's names
+    "UserID",
+    "QueryImageID",
+    "DisplayedImageID",
+    "PositionInDisplayedList",
+    "InteractionType",
+    "Location",
+    "Timestamp",
+    "ModelVersion",
+    "Value",
+    "QueryID",
+]
 NOON = "2026-11-25T12:00:00.000+00:00"
 
 
@@ -32,16 +42,16 @@ def row(
 ) -> dict[str, object]:
     """One log row, shaped like `FeedbackLog.interactions(with_query_id=True)`."""
     return {
-        "user_id": user,
-        "query_image_id": f"q{query_id}",
-        "displayed_image_id": image,
-        "position": position,
-        "interaction_type": kind,
-        "location": None,
-        "timestamp": ts,
-        "model_version": model,
-        "value": value,
-        "query_id": query_id,
+        "UserID": user,
+        "QueryImageID": f"q{query_id}",
+        "DisplayedImageID": image,
+        "PositionInDisplayedList": position,
+        "InteractionType": kind,
+        "Location": None,
+        "Timestamp": ts,
+        "ModelVersion": model,
+        "Value": value,
+        "QueryID": query_id,
     }
 
 
@@ -56,7 +66,12 @@ def shown(query_id: int, images: list[str], **kw: object) -> list[dict[str, obje
 def make_log(rows: list[dict[str, object]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame.astype(
-        {"user_id": "int64", "position": "int64", "value": "float64", "query_id": "int64"}
+        {
+            "UserID": "int64",
+            "PositionInDisplayedList": "int64",
+            "Value": "float64",
+            "QueryID": "int64",
+        }
     )
 
 
@@ -110,6 +125,8 @@ def test_impressions_table_columns_and_types() -> None:
     assert table["displayed_image_id"].tolist() == ["a", "b"]
     assert table["position"].tolist() == [1, 2]
     assert table["user_id"].tolist() == [7, 7]
+    assert table["query_id"].tolist() == [1, 1]
+    assert table["model_version"].tolist() == ["ft-0001", "ft-0001"]
     assert table["day"].tolist() == ["2026-11-25", "2026-11-25"]
     assert table["clicked"].tolist() == [False, True]
     for col in ("clicked", "labelled", "similar"):
@@ -272,7 +289,7 @@ def test_log_with_only_actions_has_no_impressions() -> None:
 
 
 def test_missing_query_id_says_how_to_read_the_log() -> None:
-    log = make_log(shown(1, ["a"])).drop(columns="query_id")
+    log = make_log(shown(1, ["a"])).drop(columns="QueryID")
     with pytest.raises(ValueError, match=r"with_query_id=True"):
         online.click_through(log)
     with pytest.raises(ValueError, match=r"with_query_id=True"):
@@ -280,9 +297,12 @@ def test_missing_query_id_says_how_to_read_the_log() -> None:
 
 
 def test_missing_other_column_is_named() -> None:
-    log = make_log(shown(1, ["a"])).drop(columns="timestamp")
-    with pytest.raises(ValueError, match="timestamp"):
+    log = make_log(shown(1, ["a"])).drop(columns="Timestamp")
+    with pytest.raises(ValueError, match="Timestamp"):
         online.impressions_table(log)
+    old_names = make_log(shown(1, ["a"])).rename(columns=str.lower).assign(QueryID=1)
+    with pytest.raises(ValueError, match="missing the columns DisplayedImageID"):
+        online.impressions_table(old_names)
 
 
 def test_bad_grouping_or_outcome_names_the_valid_ones() -> None:
@@ -316,18 +336,18 @@ def loop_reference(log: pd.DataFrame) -> tuple[int, int, int, int]:
     """(impressions, clicked, similar, labelled), counted row by row."""
     records = log.to_dict("records")
     impressions = {
-        (r["query_id"], r["displayed_image_id"])
+        (r["QueryID"], r["DisplayedImageID"])
         for r in records
-        if r["interaction_type"] == "impression"
+        if r["InteractionType"] == "impression"
     }
     clicked = set()
     latest: dict[tuple[object, object], tuple[str, float]] = {}
     for r in records:
-        key = (r["query_id"], r["displayed_image_id"])
-        if r["interaction_type"] == "click" and key in impressions:
+        key = (r["QueryID"], r["DisplayedImageID"])
+        if r["InteractionType"] == "click" and key in impressions:
             clicked.add(key)
-        if r["interaction_type"] in ("similar", "not_similar"):
-            latest[key] = (r["interaction_type"], r["value"])
+        if r["InteractionType"] in ("similar", "not_similar"):
+            latest[key] = (r["InteractionType"], r["Value"])
     labelled = [k for k in impressions if k in latest and latest[k][1] == 1]
     similar = [k for k in labelled if latest[k][0] == "similar"]
     return len(impressions), len(clicked), len(similar), len(labelled)

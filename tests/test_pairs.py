@@ -19,9 +19,19 @@ from core.learn.pairs import (
     build_pairs,
     judgements,
 )
-from core.store import LOG_COLUMNS
 
-COLUMNS = [*LOG_COLUMNS, "query_id"]  # what FeedbackLog.interactions(with_query_id=True) has
+COLUMNS = [  # what FeedbackLog.interactions(with_query_id=True) has: the seed's names
+    "UserID",
+    "QueryImageID",
+    "DisplayedImageID",
+    "PositionInDisplayedList",
+    "InteractionType",
+    "Location",
+    "Timestamp",
+    "ModelVersion",
+    "Value",
+    "QueryID",
+]
 NAN = float("nan")
 # Transitive positives off unless a test is about them: these logs are counted by hand.
 SETTINGS = PairSettings(click_weight=0.3, label_weight=1.0, grade_weight=0.8, transitive=0)
@@ -38,16 +48,16 @@ class Log:
     def _row(self, query_id: int, image: str, kind: str, value: float | None) -> None:
         self.rows.append(
             {
-                "user_id": 1,
-                "query_image_id": self._query_image[query_id],
-                "displayed_image_id": image,
-                "position": self._position[(query_id, image)],
-                "interaction_type": kind,
-                "location": None,
-                "timestamp": f"2026-11-25T12:00:{len(self.rows):02d}.000+00:00",
-                "model_version": "base",
-                "value": value,
-                "query_id": query_id,
+                "UserID": 1,
+                "QueryImageID": self._query_image[query_id],
+                "DisplayedImageID": image,
+                "PositionInDisplayedList": self._position[(query_id, image)],
+                "InteractionType": kind,
+                "Location": None,
+                "Timestamp": f"2026-11-25T12:00:{len(self.rows):02d}.000+00:00",
+                "ModelVersion": "base",
+                "Value": value,
+                "QueryID": query_id,
             }
         )
 
@@ -67,7 +77,12 @@ class Log:
     def frame(self) -> pd.DataFrame:
         frame = pd.DataFrame(self.rows, columns=COLUMNS)
         return frame.astype(
-            {"user_id": "int64", "position": "int64", "value": "float64", "query_id": "int64"}
+            {
+                "UserID": "int64",
+                "PositionInDisplayedList": "int64",
+                "Value": "float64",
+                "QueryID": "int64",
+            }
         )
 
 
@@ -306,8 +321,13 @@ def test_errors_a_user_can_cause() -> None:
     log = Log().search(1, "q", ["p"]).act(1, "p", "similar")
     with pytest.raises(PairError, match="random negative"):
         build_pairs(log.frame(), {}, ["q", "p"])
-    with pytest.raises(PairError, match="query_id"):
-        judgements(log.frame().drop(columns="query_id"))
+    with pytest.raises(PairError, match="QueryID"):
+        judgements(log.frame().drop(columns="QueryID"))
+    with pytest.raises(PairError, match="InteractionType, Value"):
+        judgements(log.frame().drop(columns=["InteractionType", "Value"]))
+    old_names = log.frame().rename(columns=str.lower)  # the log before it spoke the seed's names
+    with pytest.raises(PairError, match="missing the columns QueryID"):
+        judgements(old_names)
     with pytest.raises(PairError, match="negative_grade"):
         PairSettings(positive_grade=1, negative_grade=1)
     with pytest.raises(PairError, match="min_per_label"):

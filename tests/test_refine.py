@@ -242,10 +242,10 @@ def test_refine_is_logged_as_a_new_query_linked_to_the_first(
     )
     assert row.location == "Europe/Berlin"
     log = studio.store.feedback.interactions()
-    shown = log[log["interaction_type"] == "impression"].iloc[8:]  # the refined query's
-    assert list(shown["displayed_image_id"]) == [r.image_id for r in refined.results]
-    assert list(shown["position"]) == list(range(1, 9))
-    assert c.query not in set(shown["displayed_image_id"])  # a gallery query is not its result
+    shown = log[log["InteractionType"] == "impression"].iloc[8:]  # the refined query's
+    assert list(shown["DisplayedImageID"]) == [r.image_id for r in refined.results]
+    assert list(shown["PositionInDisplayedList"]) == list(range(1, 9))
+    assert c.query not in set(shown["DisplayedImageID"])  # a gallery query is not its result
     chain = studio.store.feedback.query_chain(refined.query_id)
     assert [q.id for q in chain] == [first.query_id, refined.query_id]
     assert studio.store.feedback.labels([q.id for q in chain]) == {

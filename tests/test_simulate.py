@@ -45,7 +45,7 @@ def shown(studio: Studio, interaction_type: str) -> list[tuple[int, str, str, in
 
 
 def without_timestamps(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.drop(columns="timestamp")
+    return frame.drop(columns="Timestamp")
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_the_same_seed_on_the_same_gallery_gives_the_same_log(labelled: Studio, 
 
     log = labelled.store.feedback.interactions()
     assert first == second
-    assert {"impression", "click", "similar", "not_similar"} <= set(log["interaction_type"])
+    assert {"impression", "click", "similar", "not_similar"} <= set(log["InteractionType"])
     pd.testing.assert_frame_equal(
         without_timestamps(log), without_timestamps(twin.store.feedback.interactions())
     )
@@ -131,8 +131,8 @@ def test_report_json_counts_equal_the_exported_log(labelled: Studio, tmp_path: P
     out = tmp_path / "log.csv"
     labelled.store.feedback.export(out, "csv")
     log = pd.read_csv(out)
-    impressions = int((log["interaction_type"] == "impression").sum())
-    clicks = int((log["interaction_type"] == "click").sum())
+    impressions = int((log["InteractionType"] == "impression").sum())
+    clicks = int((log["InteractionType"] == "click").sum())
     queries = raw(labelled.settings.catalog_path, "SELECT COUNT(*) FROM queries")[0][0]
 
     assert clicks > 0

@@ -1,6 +1,8 @@
 """Training pairs from the feedback log: positives, negatives, re-balancing. Pure, seeded, no I/O.
 
-The log is `FeedbackLog.interactions(with_query_id=True)` (oldest first). A *judgement* is the
+The log is `FeedbackLog.interactions(with_query_id=True)` (oldest first, the seed's column
+names: `QueryID`, `QueryImageID`, `DisplayedImageID`, `PositionInDisplayedList`,
+`InteractionType`, `Value`, …). A *judgement* is the
 current verdict on one (query image, displayed image) pair, pooled over every search with that
 query image, as `core.measure.evaluation.feedback_gains` pools them:
 
@@ -12,7 +14,7 @@ query image, as `core.measure.evaluation.feedback_gains` pools them:
 - **Click** (weight `click_weight`, lower: clicks are noisy, seed): a displayed image clicked in
   any search of the query image is a positive.
 - **Hard negative** (weight `click_weight`, the same noisy source): within one search
-  (`query_id`), a result shown above the deepest click and not clicked in that search
+  (`QueryID`), a result shown above the deepest click and not clicked in that search
   (Joachims' "skip above"). Nothing below the deepest click is judged.
 
 Precedence per pair: explicit > click > hard negative, so a clicked result labelled not
@@ -66,8 +68,9 @@ UNLABELLED = "(unlabelled)"  # the anchor-label bucket of images without a categ
 JUDGEMENT_COLUMNS = ("query_image_id", "displayed_image_id", "relevance", "source", "weight")
 POSITIVE_SOURCES = ("label", "grade", "click", "transitive")
 NEGATIVE_SOURCES = ("label", "grade", "hard", "random")
-_PAIR = ["query_image_id", "displayed_image_id"]
-_NEEDED = ("query_id", "query_image_id", "displayed_image_id", "position", "interaction_type")
+_PAIR = ["query_image_id", "displayed_image_id"]  # a judgement's pair
+_LOG_PAIR = ["QueryImageID", "DisplayedImageID"]  # the same pair in the log
+_NEEDED = ("QueryID", *_LOG_PAIR, "PositionInDisplayedList", "InteractionType", "Value")
 
 
 class PairError(LookalikeError, ValueError):
@@ -133,25 +136,27 @@ class TrainingPairs:
 def _checked(log: pd.DataFrame) -> pd.DataFrame:
     """The columns read here, with numeric position/value; an empty log may lack columns."""
     if log.empty:
-        log = log.reindex(columns=[*_NEEDED, "value"])
-    missing = [c for c in (*_NEEDED, "value") if c not in log.columns]
+        log = log.reindex(columns=list(_NEEDED))
+    missing = [c for c in _NEEDED if c not in log.columns]
     if missing:
         raise PairError(
             f"The log is missing the columns {', '.join(missing)}; "
             "pass FeedbackLog.interactions(with_query_id=True)."
         )
-    return log.assign(
-        position=pd.to_numeric(log["position"]).astype("float64"),
-        value=pd.to_numeric(log["value"]).astype("float64"),
-    ).reset_index(drop=True)
+    numeric = {
+        c: pd.to_numeric(log[c]).astype("float64") for c in ("PositionInDisplayedList", "Value")
+    }
+    return log.assign(**numeric).reset_index(drop=True)
 
 
-def _verdicts(keys: pd.DataFrame, relevance: object, source: str, weight: object) -> pd.DataFrame:
-    """Judgement rows for `keys` (a frame with the two pair columns)."""
+def _verdicts(
+    keys: pd.DataFrame, relevance: object, source: str, weight: object, pair: list[str] = _PAIR
+) -> pd.DataFrame:
+    """Judgement rows for `keys` (a frame with the two `pair` columns: query, displayed)."""
     frame = pd.DataFrame(
         {
-            "query_image_id": keys["query_image_id"].astype(object).to_numpy(),
-            "displayed_image_id": keys["displayed_image_id"].astype(object).to_numpy(),
+            "query_image_id": keys[pair[0]].astype(object).to_numpy(),
+            "displayed_image_id": keys[pair[1]].astype(object).to_numpy(),
         }
     )
     return frame.assign(relevance=relevance, source=source, weight=weight).astype(
@@ -161,43 +166,43 @@ def _verdicts(keys: pd.DataFrame, relevance: object, source: str, weight: object
 
 def _grades(log: pd.DataFrame, settings: PairSettings) -> pd.DataFrame:
     """The latest grade per pair, unless cleared: positive, negative or neutral."""
-    rows = log[log["interaction_type"] == "grade"].drop_duplicates(_PAIR, keep="last")
-    rows = rows[rows["value"].notna()]
+    rows = log[log["InteractionType"] == "grade"].drop_duplicates(_LOG_PAIR, keep="last")
+    rows = rows[rows["Value"].notna()]
     relevance = np.select(
-        [rows["value"] >= settings.positive_grade, rows["value"] <= settings.negative_grade],
+        [rows["Value"] >= settings.positive_grade, rows["Value"] <= settings.negative_grade],
         ["positive", "negative"],
         "neutral",
     )
-    return _verdicts(rows, relevance, "grade", settings.grade_weight)
+    return _verdicts(rows, relevance, "grade", settings.grade_weight, _LOG_PAIR)
 
 
 def _labels(log: pd.DataFrame, settings: PairSettings) -> pd.DataFrame:
     """The latest similar / not_similar row per pair, unless undone (value 0)."""
-    rows = log[log["interaction_type"].isin(["similar", "not_similar"])]
-    rows = rows.drop_duplicates(_PAIR, keep="last")
-    rows = rows[rows["value"] == 1]
-    relevance = np.where(rows["interaction_type"] == "similar", "positive", "negative")
-    return _verdicts(rows, relevance, "label", settings.label_weight)
+    rows = log[log["InteractionType"].isin(["similar", "not_similar"])]
+    rows = rows.drop_duplicates(_LOG_PAIR, keep="last")
+    rows = rows[rows["Value"] == 1]
+    relevance = np.where(rows["InteractionType"] == "similar", "positive", "negative")
+    return _verdicts(rows, relevance, "label", settings.label_weight, _LOG_PAIR)
 
 
 def _clicks(log: pd.DataFrame, settings: PairSettings) -> pd.DataFrame:
     """Every clicked pair, once."""
-    rows = log.loc[log["interaction_type"] == "click", _PAIR].drop_duplicates()
-    return _verdicts(rows, "positive", "click", settings.click_weight)
+    rows = log.loc[log["InteractionType"] == "click", _LOG_PAIR].drop_duplicates()
+    return _verdicts(rows, "positive", "click", settings.click_weight, _LOG_PAIR)
 
 
 def _hard_negatives(log: pd.DataFrame, settings: PairSettings) -> pd.DataFrame:
     """Results shown above the deepest click of their search and not clicked in it."""
-    search = ["query_id", "displayed_image_id"]
-    clicks = log[log["interaction_type"] == "click"]
-    deepest = clicks.groupby("query_id")["position"].max().rename("deepest").reset_index()
-    shown = log[log["interaction_type"] == "impression"].drop_duplicates(search)
-    shown = shown.merge(deepest, on="query_id")
-    shown = shown[shown["position"] < shown["deepest"]]
+    search = ["QueryID", "DisplayedImageID"]
+    clicks = log[log["InteractionType"] == "click"]
+    deepest = clicks.groupby("QueryID")["PositionInDisplayedList"].max()
+    shown = log[log["InteractionType"] == "impression"].drop_duplicates(search)
+    shown = shown.merge(deepest.rename("_deepest").reset_index(), on="QueryID")
+    shown = shown[shown["PositionInDisplayedList"] < shown["_deepest"]]
     clicked = clicks[search].drop_duplicates()
     skipped = shown.merge(clicked, on=search, how="left", indicator=True)
-    skipped = skipped[skipped["_merge"] == "left_only"].drop_duplicates(_PAIR)
-    return _verdicts(skipped, "negative", "hard", settings.click_weight)
+    skipped = skipped[skipped["_merge"] == "left_only"].drop_duplicates(_LOG_PAIR)
+    return _verdicts(skipped, "negative", "hard", settings.click_weight, _LOG_PAIR)
 
 
 def judgements(log: pd.DataFrame, settings: PairSettings = DEFAULT_SETTINGS) -> pd.DataFrame:

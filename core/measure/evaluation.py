@@ -109,17 +109,17 @@ def _gallery(
 
 def feedback_gains(log: pd.DataFrame) -> dict[str, dict[str, float]]:
     """{query image id: {displayed image id: gain}} from the interaction log (see module doc)."""
-    judged = log[log.interaction_type.isin(["similar", "not_similar", "grade"])]
+    judged = log[log.InteractionType.isin(["similar", "not_similar", "grade"])]
     gains: dict[str, dict[str, float]] = {}
-    labels = judged[judged.interaction_type != "grade"]
-    grades = judged[judged.interaction_type == "grade"]
-    pair = ["query_image_id", "displayed_image_id"]
+    labels = judged[judged.InteractionType != "grade"]
+    grades = judged[judged.InteractionType == "grade"]
+    pair = ["QueryImageID", "DisplayedImageID"]
     for (query, shown), row in labels.groupby(pair, sort=False).tail(1).set_index(pair).iterrows():
-        if row.value == 1:
-            gains.setdefault(query, {})[shown] = 1.0 if row.interaction_type == "similar" else 0.0
+        if row.Value == 1:
+            gains.setdefault(query, {})[shown] = 1.0 if row.InteractionType == "similar" else 0.0
     for (query, shown), row in grades.groupby(pair, sort=False).tail(1).set_index(pair).iterrows():
-        if not np.isnan(row.value):
-            gains.setdefault(query, {})[shown] = float(row.value)
+        if not np.isnan(row.Value):
+            gains.setdefault(query, {})[shown] = float(row.Value)
     return gains
 
 

@@ -1,25 +1,27 @@
 """Online metrics from the interaction log: pure functions of a DataFrame, no I/O.
 
 The log is `FeedbackLog.interactions(with_query_id=True)`: one row per event, oldest first, with
-columns `user_id, query_image_id, displayed_image_id, position, interaction_type, location,
-timestamp, model_version, value, query_id`. Everything here is counted per *impression*:
+the seed's columns `UserID, QueryImageID, DisplayedImageID, PositionInDisplayedList,
+InteractionType, Location, Timestamp, ModelVersion, Value, QueryID`. Everything here is counted
+per *impression*:
 
-- **Impression**: one `impression` row, unique per (query_id, displayed_image_id) by
+- **Impression**: one `impression` row, unique per (QueryID, DisplayedImageID) by
   construction (should a duplicate appear, the first row is kept).
-- **Clicked**: an impression with at least one `click` row for the same (query_id,
-  displayed_image_id). Opening the same result again in one query counts once, so
+- **Clicked**: an impression with at least one `click` row for the same (QueryID,
+  DisplayedImageID). Opening the same result again in one query counts once, so
   CTR = clicked impressions / impressions ≤ 1 (the seed's clicks / exposures) and the binomial
   Wilson interval applies. The same image shown in two queries is two impressions, kept apart by
-  `query_id`. Clicks without a matching impression should not exist and are ignored.
+  `QueryID`. Clicks without a matching impression should not exist and are ignored.
 - **Labelled / similar**: the latest `similar` / `not_similar` row of an impression (row order,
   i.e. oldest first, latest wins, as in `FeedbackLog.labels`) decides. The impression is
   *labelled* when that row has value 1 (value 0 means the label was undone) and *similar* when
   it is moreover a `similar` row. Relabelling similar → not_similar therefore leaves it labelled
   but not similar. Grades are not used here.
-- **Grouping keys** (`GROUPINGS`): `model_version`, `position`, `user_id` and `day`, the UTC
-  calendar date of the *impression's* timestamp as an ISO string "YYYY-MM-DD" (sorts as dates
-  and is JSON-ready). A click or label always belongs to its impression's group, whenever it
-  happened.
+- **Grouping keys** (`GROUPINGS`, columns of `impressions_table`): `model_version`, `position`
+  and `user_id` (the log's `ModelVersion`, `PositionInDisplayedList` and `UserID`) and `day`,
+  the UTC calendar date of the *impression's* `Timestamp` as an ISO string "YYYY-MM-DD" (sorts
+  as dates and is JSON-ready). A click or label always belongs to its impression's group,
+  whenever it happened.
 
 Every rate comes with its counts and a 95 % Wilson score interval
 (`core.measure.metrics.wilson_interval`); with no impressions a rate is 0.0 with the
@@ -37,15 +39,15 @@ from core.measure.metrics import ctr, wilson_interval
 GROUPINGS: tuple[str, ...] = ("model_version", "position", "day", "user_id")
 OUTCOMES: tuple[str, ...] = ("clicked", "similar", "labelled")
 LOG_COLUMNS: tuple[str, ...] = (
-    "query_id",
-    "displayed_image_id",
-    "interaction_type",
-    "position",
-    "model_version",
-    "user_id",
-    "timestamp",
-    "value",
-)  # the columns read here; others (location, query_image_id) may be present and are ignored
+    "QueryID",
+    "DisplayedImageID",
+    "InteractionType",
+    "PositionInDisplayedList",
+    "ModelVersion",
+    "UserID",
+    "Timestamp",
+    "Value",
+)  # the log columns read here; others (Location, QueryImageID) may be present and are ignored
 TABLE_COLUMNS: tuple[str, ...] = (
     "query_id",
     "displayed_image_id",
@@ -58,7 +60,14 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "similar",
 )
 RATE_COLUMNS: tuple[str, ...] = ("impressions", "successes", "rate", "low", "high")
-_KEY = ["query_id", "displayed_image_id"]  # one impression
+_KEY = ["QueryID", "DisplayedImageID"]  # one impression, in the log
+_TABLE_NAMES = {  # log column -> its `impressions_table` column (and grouping key)
+    "QueryID": "query_id",
+    "DisplayedImageID": "displayed_image_id",
+    "ModelVersion": "model_version",
+    "PositionInDisplayedList": "position",
+    "UserID": "user_id",
+}
 
 
 @dataclass(frozen=True)
@@ -84,9 +93,9 @@ def make_rate(successes: int, trials: int) -> Rate:
 
 
 def _check_log(log: pd.DataFrame) -> None:
-    if "query_id" not in log.columns:
+    if "QueryID" not in log.columns:
         raise ValueError(
-            "The log has no query_id column, so clicks cannot be matched to impressions; "
+            "The log has no QueryID column, so clicks cannot be matched to impressions; "
             "pass FeedbackLog.interactions(with_query_id=True)."
         )
     missing = [c for c in LOG_COLUMNS if c not in log.columns]
@@ -101,13 +110,13 @@ def _utc_day(timestamps: pd.Series) -> pd.Series:
 
 
 def _latest_labels(log: pd.DataFrame) -> pd.DataFrame:
-    """Per (query_id, displayed_image_id) with a label row: `labelled`, `similar` (latest wins)."""
-    rows = log.loc[log["interaction_type"].isin(["similar", "not_similar"])]
+    """Per (QueryID, DisplayedImageID) with a label row: `labelled`, `similar` (latest wins)."""
+    rows = log.loc[log["InteractionType"].isin(["similar", "not_similar"])]
     latest = rows.drop_duplicates(_KEY, keep="last")  # the log is oldest first
-    labelled = latest["value"] == 1
+    labelled = latest["Value"] == 1
     return latest[_KEY].assign(
         labelled=labelled.astype(bool),
-        similar=(labelled & (latest["interaction_type"] == "similar")).astype(bool),
+        similar=(labelled & (latest["InteractionType"] == "similar")).astype(bool),
     )
 
 
@@ -115,17 +124,16 @@ def impressions_table(log: pd.DataFrame) -> pd.DataFrame:
     """One row per impression with its keys and outcomes.
 
     Columns `TABLE_COLUMNS`: query_id, displayed_image_id, model_version, position, day (UTC,
-    "YYYY-MM-DD"), user_id, and the booleans clicked, labelled, similar (see the module doc).
-    Rows keep the log's order of impressions.
+    "YYYY-MM-DD"), user_id, and the booleans clicked, labelled, similar (see the module doc);
+    the keys are the log's QueryID, DisplayedImageID, ModelVersion, PositionInDisplayedList,
+    Timestamp and UserID. Rows keep the log's order of impressions.
     """
     _check_log(log)
-    impressions = log.loc[log["interaction_type"] == "impression"].drop_duplicates(_KEY)
-    table = impressions[["query_id", "displayed_image_id", "model_version", "position"]].assign(
-        day=_utc_day(impressions["timestamp"]), user_id=impressions["user_id"]
-    )
-    clicks = log.loc[log["interaction_type"] == "click", _KEY].drop_duplicates()
+    impressions = log.loc[log["InteractionType"] == "impression"].drop_duplicates(_KEY)
+    table = impressions[list(_TABLE_NAMES)].assign(day=_utc_day(impressions["Timestamp"]))
+    clicks = log.loc[log["InteractionType"] == "click", _KEY].drop_duplicates()
     table = table.merge(clicks, on=_KEY, how="left", indicator="_click")
-    table = table.merge(_latest_labels(log), on=_KEY, how="left")
+    table = table.merge(_latest_labels(log), on=_KEY, how="left").rename(columns=_TABLE_NAMES)
     return pd.DataFrame(
         {
             **{c: table[c] for c in TABLE_COLUMNS[:6]},

@@ -2,7 +2,10 @@
 
 One row per event in `interactions`:
 `user_id | query_image_id | displayed_image_id | position | interaction_type | location |
-timestamp` plus `model_version` and `value`. Every displayed result is one `impression`
+timestamp` plus `model_version` and `value`. Read back (`interactions()`) and exported, the
+log speaks the seed's language: `UserID | QueryImageID | DisplayedImageID |
+PositionInDisplayedList | InteractionType | Location | Timestamp` plus `ModelVersion` and
+`Value` (`LOG_FIELDS` maps each SQL column to its name). Every displayed result is one `impression`
 (written with its query, in the same transaction, and unique per query and image, so a rerun
 can never log it twice). Labels are `similar` / `not_similar` rows with value 1 (set) or 0
 (undone); grades are `grade` rows with value 0–3 (NULL clears). The latest row wins wherever
@@ -27,17 +30,22 @@ if TYPE_CHECKING:
     from core.store.database import Database
 
 ACTION_TYPES = ("click", "similar", "not_similar", "grade")  # what a person does to a result
-LOG_COLUMNS = (
-    "user_id",
-    "query_image_id",
-    "displayed_image_id",
-    "position",
-    "interaction_type",
-    "location",
-    "timestamp",
-    "model_version",
-    "value",
+# (SQL column, exported name): the log's columns as the seed names them, in the seed's order;
+# the one place the store's snake_case meets the seed's names
+LOG_FIELDS: tuple[tuple[str, str], ...] = (
+    ("user_id", "UserID"),
+    ("query_image_id", "QueryImageID"),
+    ("displayed_image_id", "DisplayedImageID"),
+    ("position", "PositionInDisplayedList"),
+    ("interaction_type", "InteractionType"),
+    ("location", "Location"),
+    ("timestamp", "Timestamp"),
+    ("model_version", "ModelVersion"),
+    ("value", "Value"),
 )
+QUERY_ID_FIELD = ("query_id", "QueryID")  # appended by `interactions(with_query_id=True)`
+LOG_COLUMNS = tuple(name for _, name in LOG_FIELDS)  # the exported names, in order
+_LOG_DTYPES = {"user_id": "int64", "position": "int64", "value": "float64", "query_id": "int64"}
 
 
 @dataclass(frozen=True)
@@ -285,10 +293,11 @@ class FeedbackLog:
         user_id: int | None = None,
         with_query_id: bool = False,
     ) -> pd.DataFrame:
-        """The log: exactly the seed's columns plus `model_version` and `value`, oldest first.
+        """The log: exactly the seed's columns plus `ModelVersion` and `Value`, oldest first.
 
-        `with_query_id` appends the `query_id` column, which tells apart two searches with the
-        same image (online metrics match clicks to impressions by it).
+        Columns `LOG_COLUMNS` (the seed's names, `LOG_FIELDS`); `with_query_id` appends
+        `QueryID`, which tells apart two searches with the same image (online metrics match
+        clicks to impressions by it). The filters take the stored values.
         """
         clauses: list[str] = []
         params: list[object] = []
@@ -299,13 +308,15 @@ class FeedbackLog:
             clauses.append("user_id = ?")
             params.append(user_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        columns = [*LOG_COLUMNS, "query_id"] if with_query_id else list(LOG_COLUMNS)
-        sql = f"SELECT {', '.join(columns)} FROM interactions {where} ORDER BY id"
+        fields = [*LOG_FIELDS, QUERY_ID_FIELD] if with_query_id else list(LOG_FIELDS)
+        selected = ", ".join(f'{column} AS "{name}"' for column, name in fields)
+        sql = f"SELECT {selected} FROM interactions {where} ORDER BY id"
         with self._db.connect() as conn:
             rows = conn.execute(sql, params).fetchall()
-        frame = pd.DataFrame([tuple(row) for row in rows], columns=columns)
-        types = {"user_id": "int64", "position": "int64", "value": "float64"}
-        return frame.astype(types | ({"query_id": "int64"} if with_query_id else {}))
+        frame = pd.DataFrame([tuple(row) for row in rows], columns=[name for _, name in fields])
+        return frame.astype(
+            {name: _LOG_DTYPES[column] for column, name in fields if column in _LOG_DTYPES}
+        )
 
     def counts(self, user_id: int | None = None) -> dict[str, int]:
         """Rows per interaction type (of one user, or everyone's)."""

@@ -62,12 +62,12 @@ def test_pressing_similar_in_the_browser_writes_the_row(
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             log = studio.store.feedback.interactions()
-            similar = log[log.interaction_type == "similar"]
+            similar = log[log.InteractionType == "similar"]
             if len(similar):
                 break
             time.sleep(0.2)
-        assert similar[["position", "value"]].values.tolist() == [[2, 1.0]]
-        assert (log.interaction_type == "impression").sum() == 10
+        assert similar[["PositionInDisplayedList", "Value"]].values.tolist() == [[2, 1.0]]
+        assert (log.InteractionType == "impression").sum() == 10
         page.screenshot(path=str(tmp_path / "similar.png"), full_page=True)
     finally:
         page.close()
