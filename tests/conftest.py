@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from core.config import Settings, load_settings
 from core.encoder.model import Encoder, load_encoder
 from core.gallery.demo import STAMPS_SUBDIR
+from tests.helpers import FED_PER_LABEL, GALLERY_LABELS, TINY, generated_image
 
 if TYPE_CHECKING:
     from core.studio import Studio
-
-TINY = "tiny-test"
-GALLERY_LABELS = ("shapes/circles", "shapes/squares", "colours/red", "colours/blue")
 
 
 @pytest.fixture(scope="session")
@@ -42,22 +37,6 @@ def studio(settings: Settings, tiny_encoder: Encoder) -> Studio:
     return Studio(settings, encoder_loader=lambda name: tiny_encoder)
 
 
-def generated_image(label_index: int, variant: int, size: int = 96) -> Image.Image:
-    """A picture whose look depends on its label (shape, colour) and a little on its variant."""
-    rng = np.random.default_rng(1000 * label_index + variant)
-    base = np.array([(230, 40, 40), (40, 40, 230), (40, 200, 60), (240, 200, 30)][label_index % 4])
-    pixels = np.full((size, size, 3), 255, dtype=np.float64)
-    yy, xx = np.mgrid[0:size, 0:size]
-    centre = size / 2 + rng.uniform(-8, 8, size=2)
-    if label_index % 2 == 0:
-        mask = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < (size / 3) ** 2
-    else:
-        mask = (abs(yy - centre[0]) < size / 3) & (abs(xx - centre[1]) < size / 3)
-    pixels[mask] = base
-    pixels += rng.normal(0, 6, pixels.shape)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-
-
 @pytest.fixture
 def make_gallery(tmp_path: Path) -> Callable[..., Path]:
     """Write `per_label` PNGs for each label into nested folders; returns the root."""
@@ -72,15 +51,6 @@ def make_gallery(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
-
-
-def raw(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    """Rows straight from SQLite, bypassing the store: the independent view tests compare to."""
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def demo_stamps_root() -> Path | None:
@@ -99,9 +69,6 @@ def demo_stamps() -> Path:
             pytest.fail("CI must fetch the demo gallery first (make demo).")
         pytest.skip("the demo stamps are not fetched (run `make demo`)")
     return stamps
-
-
-FED_PER_LABEL = 8  # the `fed` gallery: 4 labels x 8 images, about half of them train
 
 
 @pytest.fixture(scope="module")

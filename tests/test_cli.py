@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,35 +14,12 @@ import pytest
 from core.config import load_settings
 from core.search.index import VectorIndex
 from core.store import Store
-from tests.conftest import GALLERY_LABELS, raw
-from tests.test_evaluation import reference_metrics
-
-ROOT = Path(__file__).parents[1]
-
-
-def run_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LOOKALIKE_DATA": str(data), "LOOKALIKE_ENCODER": "tiny-test"}
-    return subprocess.run(
-        [sys.executable, "-m", "core", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def run_json(data: Path, *args: str) -> Any:
-    result = run_cli(data, *args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # stdout is exactly one JSON document
+from tests.helpers import GALLERY_LABELS, generated_image, raw, reference_metrics, run_cli, run_json
 
 
 @pytest.fixture(scope="module")
 def gallery_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """~40 generated images in labelled folders, ingested through the CLI once for the module."""
-    from tests.conftest import generated_image
 
     root = tmp_path_factory.mktemp("cli") / "gallery"
     for label_index, label in enumerate(GALLERY_LABELS):

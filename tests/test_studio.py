@@ -22,7 +22,7 @@ from core.encoder.model import Encoder
 from core.errors import LookalikeError
 from core.store import ImageRecord, ResultLabel, StoreError, split_for
 from core.studio import EmptyGalleryError, Studio
-from tests.conftest import raw
+from tests.helpers import raw
 
 D = 8  # the index takes the width of the first vectors a version gets
 TUNED = "ft-0001"

@@ -10,8 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.studio import Studio
-from tests.app.conftest import png_bytes
-from tests.conftest import generated_image
+from tests.helpers import generated_image, png_bytes
 
 
 def rows(studio: Studio, sql: str, *params: object) -> list[tuple[object, ...]]:

@@ -8,8 +8,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from core.studio import Studio
-from tests.app.conftest import png_bytes
-from tests.conftest import GALLERY_LABELS, generated_image
+from tests.helpers import GALLERY_LABELS, generated_image, png_bytes
 
 
 def gallery_page(app: Callable[[], AppTest]) -> AppTest:

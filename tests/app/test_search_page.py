@@ -8,8 +8,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from core.studio import Studio
-from tests.app.conftest import png_bytes
-from tests.conftest import generated_image
+from tests.helpers import generated_image, png_bytes
 
 
 def test_empty_gallery_points_to_the_gallery_page(app: Callable[[], AppTest]) -> None:

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from core.studio import Studio
-from tests.conftest import generated_image
-from tests.e2e.conftest import start_streamlit
+from tests.helpers import generated_image, start_streamlit
 
 pytestmark = pytest.mark.e2e
 

@@ -29,9 +29,16 @@ from core.learn.tower import TAPS_DIR, taps_key
 from core.learn.training import TrainingCancelled, TrainingError, TrainSettings
 from core.measure.evaluation import EvaluationError, evaluate
 from core.studio import Studio
-from tests.conftest import FED_PER_LABEL, GALLERY_LABELS
-from tests.test_cli import run_cli, run_json
-from tests.test_evaluation import reference_metrics
+from tests.helpers import (
+    FED_PER_LABEL,
+    GALLERY_LABELS,
+    CancelFirstStep,
+    leftovers,
+    reference_metrics,
+    run_cli,
+    run_json,
+    vectors_by_id,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,12 +70,6 @@ def reference_head(vectors: np.ndarray, head_file: Path, taps: np.ndarray) -> np
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def vectors_by_id(studio: Studio, version: str, ids: list[str]) -> np.ndarray:
-    found, vectors = studio.index.get_embeddings(version, ids)
-    assert found == ids
-    return vectors
-
-
 def brute_force_metrics(studio: Studio, version: str) -> dict[str, float]:
     """Brute-force label metrics of `version` on the test split at k=10 (the card's)."""
     records = studio.store.list_images(split="test")
@@ -78,18 +79,6 @@ def brute_force_metrics(studio: Studio, version: str) -> dict[str, float]:
     )
     del expected["n_queries"]
     return expected
-
-
-def leftovers(studio: Studio) -> tuple[list[str], list[str], list[str]]:
-    """What a run can write of a version: catalog rows, index collections, files under models/
-    (but the tap cache, `models/taps/`, which belongs to no version and is complete once
-    written)."""
-    models = studio.settings.models_dir
-    found = models.rglob("*") if models.exists() else []
-    files = sorted(
-        str(p.relative_to(models)) for p in found if p.relative_to(models).parts[0] != TAPS_DIR
-    )
-    return [v.version for v in studio.store.list_model_versions()], studio.index.versions(), files
 
 
 def tmp_files(studio: Studio) -> list[Path]:
@@ -175,14 +164,6 @@ def test_the_encoder_with_heads_reproduces_the_index_and_runs_stack(fed: Studio)
 
 
 # --- runs that stop --------------------------------------------------------------------------
-
-
-class CancelFirstStep:
-    def on_step(self, epoch: int, step: int, steps: int, loss: float) -> None:
-        raise TrainingCancelled("the user pressed stop")
-
-    def on_epoch(self, epoch: int, train_loss: float, val_loss: float | None) -> None:
-        raise AssertionError("cancelled on the first step")
 
 
 @pytest.mark.parametrize("failure", ["cancelled", "nan", "register"])

@@ -15,7 +15,7 @@ from core.learn.selfsup import AugmentedViews, Projector, load_folder, self_supe
 from core.learn.training import TrainingError, TrainSettings
 from core.measure.evaluation import evaluate
 from core.studio import Studio
-from tests.conftest import generated_image
+from tests.helpers import generated_image
 
 
 def test_two_calls_give_two_different_views_of_the_same_images(tiny_encoder: Encoder) -> None:

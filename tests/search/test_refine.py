@@ -19,7 +19,7 @@ from core.gallery.images import load_image
 from core.search.refine import RocchioWeights, feedback_examples, rocchio
 from core.store import ImageRecord, ResultLabel, split_for
 from core.studio import Studio
-from tests.conftest import generated_image
+from tests.helpers import generated_image
 
 # --- rocchio ----------------------------------------------------------------------------------
 

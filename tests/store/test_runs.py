@@ -15,7 +15,7 @@ from core.choices import METRIC_NAMES
 from core.measure.evaluation import evaluate, evaluation_from_run
 from core.store import EvaluationRun
 from core.studio import LoggedSearch, Studio
-from tests.conftest import generated_image
+from tests.helpers import generated_image
 
 
 @pytest.fixture

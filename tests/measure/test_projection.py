@@ -31,8 +31,7 @@ from core.measure.projection import (
     place,
     project,
 )
-from tests.conftest import generated_image
-from tests.test_cli import run_cli
+from tests.helpers import generated_image, run_cli
 
 if TYPE_CHECKING:
     from core.studio import Studio

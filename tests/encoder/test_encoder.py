@@ -25,7 +25,7 @@ from core.encoder.registry import (
 )
 from core.encoder.taps import StageTaps, stage_modules
 from core.gallery.images import load_image
-from tests.conftest import generated_image
+from tests.helpers import generated_image
 
 
 def test_registry_lists_the_default_and_names_choices_for_a_bad_name() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from core.store import MIGRATIONS, SPLITS, ImageRecord, Store, StoreError, split_for
-from tests.conftest import raw
+from tests.helpers import raw
 
 LABEL_FILTER_LABELS = (
     "animals",

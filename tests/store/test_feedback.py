@@ -30,7 +30,7 @@ from core.store import (
     StoreError,
     split_for,
 )
-from tests.conftest import raw
+from tests.helpers import raw
 
 N_IMAGES = 12
 TABLES = ("queries", "interactions", "query_images")

@@ -34,37 +34,7 @@ from core.measure.evaluation import (
 )
 from core.store import ImageRecord
 from core.studio import LoggedSearch, Studio
-from tests.conftest import GALLERY_LABELS, generated_image
-
-
-def reference_metrics(
-    ids: list[str], labels: list[str | None], vectors: np.ndarray, k: int
-) -> dict[str, float]:
-    """DESIGN.md "Metrics, exactly", written plainly: one query at a time, python loops."""
-    totals = {"mrr": 0.0, "map": 0.0, "precision_at_k": 0.0, "recall_at_k": 0.0, "ndcg_at_k": 0.0}
-    counted = 0
-    for q in range(len(ids)):
-        if not labels[q]:
-            continue
-        others = [j for j in range(len(ids)) if j != q]
-        # Best first; ties go to the earlier catalog position (a stable sort).
-        ranking = sorted(others, key=lambda j: -float(vectors[q] @ vectors[j]))
-        relevant_total = sum(1 for j in others if labels[j] == labels[q])
-        if relevant_total == 0:
-            continue
-        counted += 1
-        top = [1 if labels[j] == labels[q] else 0 for j in ranking[:k]]
-        first = next((i for i, r in enumerate(top, start=1) if r), None)
-        totals["mrr"] += 1 / first if first else 0.0
-        totals["precision_at_k"] += sum(top) / k
-        totals["recall_at_k"] += sum(top) / relevant_total
-        totals["map"] += (
-            sum(sum(top[:i]) / i * top[i - 1] for i in range(1, len(top) + 1)) / relevant_total
-        )
-        dcg = sum(r / math.log2(i + 1) for i, r in enumerate(top, start=1))
-        idcg = sum(1 / math.log2(i + 1) for i in range(1, min(k, relevant_total) + 1))
-        totals["ndcg_at_k"] += dcg / idcg
-    return {name: value / counted for name, value in totals.items()} | {"n_queries": counted}
+from tests.helpers import GALLERY_LABELS, generated_image, reference_metrics
 
 
 @pytest.mark.parametrize("k", [1, 5, 10])
@@ -644,7 +614,7 @@ def run_evaluate(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LOOKALIKE_DATA": str(data), "LOOKALIKE_ENCODER": "tiny-test"}
     return subprocess.run(
         [sys.executable, "-m", "core", "evaluate", *args],
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).parents[2],
         env=env,
         capture_output=True,
         text=True,

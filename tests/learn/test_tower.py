@@ -23,8 +23,7 @@ from core.learn.tower import split_tower
 from core.learn.training import TrainingCancelled, TrainingError, TrainSettings
 from core.measure.evaluation import evaluate
 from core.studio import Studio
-from tests.test_cli import run_cli, run_json
-from tests.test_finetune import CancelFirstStep, leftovers, vectors_by_id
+from tests.helpers import CancelFirstStep, leftovers, run_cli, run_json, vectors_by_id
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -21,7 +21,7 @@ from core.config import Settings
 from core.encoder.model import Encoder
 from core.measure.simulate import SIMULATOR_USER, ClickModel, SimulationError, simulate
 from core.studio import Studio
-from tests.conftest import raw
+from tests.helpers import raw
 
 PER_LABEL = 6  # 4 labels x 6 images: about a dozen train images
 

@@ -13,7 +13,7 @@ import pytest
 from core.encoder.model import Encoder
 from core.gallery.ingest import Candidate, Rejected, ingest, iter_candidates, sync_index
 from core.studio import Studio
-from tests.conftest import GALLERY_LABELS, generated_image
+from tests.helpers import GALLERY_LABELS, generated_image
 
 
 def test_folders_give_labels_relative_to_the_root(make_gallery: Callable[..., Path]) -> None:

@@ -1,0 +1,223 @@
+"""Helpers the test modules share: generated images, raw SQL, the command line as a user runs
+it, brute-force references from DESIGN.md's formulas, and a real `streamlit run` for the browser.
+
+Fixtures live in the conftest files; plain functions and constants live here, so no test module
+imports from another.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.learn.tower import TAPS_DIR
+from core.learn.training import TrainingCancelled
+from core.studio import Studio
+
+ROOT = Path(__file__).resolve().parents[1]  # the project folder, where `python -m core` runs
+
+
+TINY = "tiny-test"
+
+
+GALLERY_LABELS = ("shapes/circles", "shapes/squares", "colours/red", "colours/blue")
+
+
+FED_PER_LABEL = 8  # the `fed` gallery: 4 labels x 8 images, about half of them train
+
+
+def generated_image(label_index: int, variant: int, size: int = 96) -> Image.Image:
+    """A picture whose look depends on its label (shape, colour) and a little on its variant."""
+    rng = np.random.default_rng(1000 * label_index + variant)
+    base = np.array([(230, 40, 40), (40, 40, 230), (40, 200, 60), (240, 200, 30)][label_index % 4])
+    pixels = np.full((size, size, 3), 255, dtype=np.float64)
+    yy, xx = np.mgrid[0:size, 0:size]
+    centre = size / 2 + rng.uniform(-8, 8, size=2)
+    if label_index % 2 == 0:
+        mask = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < (size / 3) ** 2
+    else:
+        mask = (abs(yy - centre[0]) < size / 3) & (abs(xx - centre[1]) < size / 3)
+    pixels[mask] = base
+    pixels += rng.normal(0, 6, pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def raw(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Rows straight from SQLite, bypassing the store: the independent view tests compare to."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LOOKALIKE_DATA": str(data), "LOOKALIKE_ENCODER": "tiny-test"}
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def run_json(data: Path, *args: str) -> Any:
+    result = run_cli(data, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # stdout is exactly one JSON document
+
+
+def reference_metrics(
+    ids: list[str], labels: list[str | None], vectors: np.ndarray, k: int
+) -> dict[str, float]:
+    """DESIGN.md "Metrics, exactly", written plainly: one query at a time, python loops."""
+    totals = {"mrr": 0.0, "map": 0.0, "precision_at_k": 0.0, "recall_at_k": 0.0, "ndcg_at_k": 0.0}
+    counted = 0
+    for q in range(len(ids)):
+        if not labels[q]:
+            continue
+        others = [j for j in range(len(ids)) if j != q]
+        # Best first; ties go to the earlier catalog position (a stable sort).
+        ranking = sorted(others, key=lambda j: -float(vectors[q] @ vectors[j]))
+        relevant_total = sum(1 for j in others if labels[j] == labels[q])
+        if relevant_total == 0:
+            continue
+        counted += 1
+        top = [1 if labels[j] == labels[q] else 0 for j in ranking[:k]]
+        first = next((i for i, r in enumerate(top, start=1) if r), None)
+        totals["mrr"] += 1 / first if first else 0.0
+        totals["precision_at_k"] += sum(top) / k
+        totals["recall_at_k"] += sum(top) / relevant_total
+        totals["map"] += (
+            sum(sum(top[:i]) / i * top[i - 1] for i in range(1, len(top) + 1)) / relevant_total
+        )
+        dcg = sum(r / math.log2(i + 1) for i, r in enumerate(top, start=1))
+        idcg = sum(1 / math.log2(i + 1) for i in range(1, min(k, relevant_total) + 1))
+        totals["ndcg_at_k"] += dcg / idcg
+    return {name: value / counted for name, value in totals.items()} | {"n_queries": counted}
+
+
+def vectors_by_id(studio: Studio, version: str, ids: list[str]) -> np.ndarray:
+    found, vectors = studio.index.get_embeddings(version, ids)
+    assert found == ids
+    return vectors
+
+
+def leftovers(studio: Studio) -> tuple[list[str], list[str], list[str]]:
+    """What a run can write of a version: catalog rows, index collections, files under models/
+    (but the tap cache, `models/taps/`, which belongs to no version and is complete once
+    written)."""
+    models = studio.settings.models_dir
+    found = models.rglob("*") if models.exists() else []
+    files = sorted(
+        str(p.relative_to(models)) for p in found if p.relative_to(models).parts[0] != TAPS_DIR
+    )
+    return [v.version for v in studio.store.list_model_versions()], studio.index.versions(), files
+
+
+class CancelFirstStep:
+    def on_step(self, epoch: int, step: int, steps: int, loss: float) -> None:
+        raise TrainingCancelled("the user pressed stop")
+
+    def on_epoch(self, epoch: int, train_loss: float, val_loss: float | None) -> None:
+        raise AssertionError("cancelled on the first step")
+
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    # This machine has no internet: without these, chromium keeps dialling Google's services.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: `make browser` installs it (Debian package).")
+        pytest.skip("chromium is not installed (make browser)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited early with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"streamlit did not answer at {url} within {seconds:.0f} s")
+
+
+def start_streamlit(data_dir: Path, encoder: str, log: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """`streamlit run app.py` on 127.0.0.1 and a free port, serving `data_dir`."""
+    port = free_port()
+    env = {**os.environ, "LOOKALIKE_DATA": str(data_dir), "LOOKALIKE_ENCODER": encoder}
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(ROOT / "app.py"),
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--server.headless",
+        "true",
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+    except Exception:
+        process.kill()
+        raise
+    return url, process
