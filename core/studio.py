@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,6 +226,26 @@ class Studio:
             version=version.version,
             progress=progress,
         )
+
+    def ingest_uploads(
+        self,
+        files: Sequence[tuple[str, bytes]],
+        *,
+        label_from_folders: bool = False,
+        progress: Progress | None = None,
+    ) -> IngestReport:
+        """(file name, bytes) pairs from a browser upload, images or zips, as `ingest`: each is
+        written to a temporary folder of its own, so equal names stay apart and a loose file
+        gets no label (a zip's members are labelled by their folders with
+        `label_from_folders`)."""
+        with tempfile.TemporaryDirectory(prefix="lookalike-upload-") as tmp:
+            paths = []
+            for number, (name, data) in enumerate(files):
+                target = Path(tmp) / str(number) / Path(name).name
+                target.parent.mkdir()
+                target.write_bytes(data)
+                paths.append(target)
+            return self.ingest(paths, label_from_folders=label_from_folders, progress=progress)
 
     def demo_data(self, progress: Progress | None = None) -> IngestReport:
         """Fetch the Debian stamps (once) and ingest them with folder labels (idempotent)."""

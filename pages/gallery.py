@@ -1,6 +1,5 @@
 """Gallery: add images (folder path, zip, browser upload or the demo gallery) and browse them."""
 
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -53,17 +52,11 @@ with st.expander("Add images", expanded=studio.count_images() == 0):
             "Label zip members by their folder", value=True, key="labels_zip"
         )
         if st.button("Ingest uploads", disabled=not uploads):
-            with tempfile.TemporaryDirectory(prefix="lookalike-upload-") as tmp:
-                paths = []
-                for number, upload in enumerate(uploads or []):
-                    # One folder per file keeps names apart and gives loose files no label.
-                    target = Path(tmp) / str(number) / Path(upload.name).name
-                    target.parent.mkdir()
-                    target.write_bytes(upload.getvalue())
-                    paths.append(target)
-                report = studio.ingest(
-                    paths, label_from_folders=labels_from_zip, progress=progress_bar("Ingesting")
-                )
+            report = studio.ingest_uploads(
+                [(upload.name, upload.getvalue()) for upload in uploads or []],
+                label_from_folders=labels_from_zip,
+                progress=progress_bar("Ingesting"),
+            )
             show_report(report)
     with demo:
         st.write(

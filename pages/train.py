@@ -1,7 +1,6 @@
 """Train: what the feedback holds, the settings, start / cancel, live loss, versions."""
 
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
 from core.learn.finetune import feedback_pairs
@@ -10,6 +9,7 @@ from core.learn.pairs import PairSettings, TrainingPairs
 from core.learn.training import TrainSettings
 from core.store import StoreError, TrainingRun
 from core.studio import Studio
+from ui.charts import loss_curves, pairs_balance
 from ui.resources import get_studio
 from ui.state import require_app_frame
 from ui.text import MODE_HELP
@@ -44,19 +44,7 @@ c.metric(
 )
 d.metric("Negatives per pair", summary["negatives_per_pair"], help=str(summary["negatives"]))
 if len(pairs):
-    balance = pd.DataFrame(
-        {"before": pd.Series(summary["labels_before"]), "after": pd.Series(summary["labels_after"])}
-    ).fillna(0)
-    balance = balance.sort_values("before", ascending=False).head(25).reset_index(names="label")
-    figure = px.bar(
-        balance.melt(id_vars="label", var_name="re-balancing", value_name="pairs"),
-        x="label",
-        y="pairs",
-        color="re-balancing",
-        barmode="group",
-        title="Pairs per anchor label, before and after re-balancing (top 25)",
-    )
-    st.plotly_chart(figure, width="stretch")
+    st.plotly_chart(pairs_balance(summary), width="stretch")
 else:
     st.info(
         "No usable feedback yet: label results on the Search page, or `python -m core simulate`."
@@ -93,13 +81,7 @@ def show_run(run: TrainingRun) -> None:
         status = {"done": st.success, "failed": st.error, "cancelled": st.warning}[run.status]
         status(f"Run {run.id} · {run.status} · {run.message or ''}")
     if run.losses:
-        losses = pd.DataFrame(run.losses).melt(id_vars="epoch", var_name="loss", value_name="value")
-        st.plotly_chart(
-            px.line(
-                losses, x="epoch", y="value", color="loss", markers=True, title="Loss per epoch"
-            ),
-            width="stretch",
-        )
+        st.plotly_chart(loss_curves(run.losses), width="stretch")
 
 
 @st.fragment(run_every=1.0)

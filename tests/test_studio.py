@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import zipfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -447,3 +448,28 @@ def test_encoder_is_loaded_once_per_version(settings: Settings, tiny_encoder: En
     studio.activate(TUNED)
     studio.encoder()
     assert loaded == ["tiny-test", "another-encoder"]
+
+
+def test_ingest_uploads_keeps_equal_names_apart_and_labels_zip_members(studio: Studio) -> None:
+    from tests.helpers import generated_image
+
+    def png(label: int, variant: int) -> bytes:
+        buffer = io.BytesIO()
+        generated_image(label, variant).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("cats/one.png", png(2, 0))
+        zipped.writestr("dogs/two.png", png(3, 0))
+    uploads = [("same.png", png(0, 0)), ("same.png", png(1, 0)), ("set.zip", archive.getvalue())]
+
+    report = studio.ingest_uploads(uploads, label_from_folders=True)
+
+    assert (report.added, report.rejected) == (4, [])
+    rows = raw(studio.settings.catalog_path, "SELECT original_name, label FROM images")
+    assert sorted(rows, key=str) == sorted(
+        [("same.png", None), ("same.png", None), ("one.png", "cats"), ("two.png", "dogs")], key=str
+    )
+    expected = {hashlib.sha256(data).hexdigest() for _, data in uploads[:2]}
+    assert expected <= set(studio.images_by_id())

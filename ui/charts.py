@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 import plotly.express as px
@@ -195,3 +196,26 @@ def _segments(frame: pd.DataFrame, colour: str, name: str, dash: str) -> go.Scat
         line={"color": colour, "width": 1, "dash": dash},
         opacity=0.6,
     )
+
+
+def pairs_balance(summary: dict[str, Any], top: int = 25) -> go.Figure:
+    """Grouped bars of training pairs per anchor label, before and after re-balancing (the
+    `summary` of `core.learn.pairs.TrainingPairs`), the `top` largest labels."""
+    balance = pd.DataFrame(
+        {"before": pd.Series(summary["labels_before"]), "after": pd.Series(summary["labels_after"])}
+    ).fillna(0)
+    balance = balance.sort_values("before", ascending=False).head(top).reset_index(names="label")
+    return px.bar(
+        balance.melt(id_vars="label", var_name="re-balancing", value_name="pairs"),
+        x="label",
+        y="pairs",
+        color="re-balancing",
+        barmode="group",
+        title=f"Pairs per anchor label, before and after re-balancing (top {top})",
+    )
+
+
+def loss_curves(losses: Sequence[dict[str, float]]) -> go.Figure:
+    """Train / validation loss per epoch from a run's `losses` rows ({epoch, train, val})."""
+    frame = pd.DataFrame(losses).melt(id_vars="epoch", var_name="loss", value_name="value")
+    return px.line(frame, x="epoch", y="value", color="loss", markers=True, title="Loss per epoch")
