@@ -199,6 +199,12 @@ class Studio:
     def image_path(self, record: ImageRecord) -> Path:
         return self.settings.images_dir / record.file
 
+    def gallery_image(self, image_id: str) -> Image.Image:
+        """A catalogued image's stored copy, decoded to RGB with the ingest limits (training
+        re-reads the gallery through this); KeyError for an id not in the catalog."""
+        record = self.store.get_images([image_id])[image_id]
+        return load_image(self.image_path(record), limits=self.settings.images).image
+
     def thumb_path(self, image_id: str) -> Path:
         return self.settings.thumbs_dir / image_id[:2] / f"{image_id}.jpg"
 

@@ -38,12 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from core.encoder.heads import ResidualHead, apply_heads
 from core.encoder.taps import StageTaps, freeze_batch_norm, is_timm_trunk, stage_modules
 from core.files import atomic_write
-from core.gallery.images import ImageError, load_image
+from core.gallery.images import ImageError
 from core.learn.training import (
     Callback,
     History,
@@ -200,26 +201,26 @@ class TowerResult:
     prepare_seconds: float  # running the prefix over the gallery, before training
 
 
+PixelReader = Callable[[str], Image.Image]  # image id -> its RGB image (`Studio.gallery_image`)
+
+
 def over_gallery(
-    studio: Studio,
+    read: PixelReader,
     encoder: Encoder,
     ids: Sequence[str],
     run: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
     batch: int = 32,
 ) -> tuple[torch.Tensor, ...]:
-    """`run` on the preprocessed pixels of the catalogued `ids`, batch by batch, its outputs
-    concatenated in order. Every file is read before anything trains: one that fails is a
-    `TrainingError` naming it, not a version with holes."""
-    records = studio.store.get_images(list(ids))
+    """`run` on the preprocessed pixels of `ids` (each read with `read`), batch by batch, its
+    outputs concatenated in order. Every image is read before anything trains: one that fails
+    is a `TrainingError` naming it, not a version with holes."""
     chunks: list[tuple[torch.Tensor, ...]] = []
     unreadable: list[str] = []
     for start in range(0, len(ids), batch):
         pixels = []
         for image_id in ids[start : start + batch]:
             try:
-                path = studio.image_path(records[image_id])
-                image = load_image(path, limits=studio.settings.images).image
-                pixels.append(encoder.preprocess(image))
+                pixels.append(encoder.preprocess(read(image_id)))
             except (ImageError, KeyError, OSError):
                 unreadable.append(image_id)
         if pixels and not unreadable:
@@ -264,16 +265,16 @@ def _write_cache(path: Path, taps: dict[str, np.ndarray]) -> None:
 
 
 def gallery_taps(
-    studio: Studio, encoder: Encoder, ids: Sequence[str], key: str | None = None
+    read: PixelReader, encoder: Encoder, ids: Sequence[str], path: Path | None = None
 ) -> np.ndarray:
-    """(n, t) float32 stage taps of the catalogued `ids` through `encoder`'s tower (`head`
+    """(n, t) float32 stage taps of `ids` (read with `read`) through `encoder`'s tower (`head`
     mode's extra inputs); (n, 0), reading nothing, for a tower without stages.
 
-    Taps depend only on the tower and the image bytes (ids are their sha256), so with a `key`
-    (`taps_key`) they are kept in `models/taps/KEY.npz`: the first run makes one forward pass
-    over the gallery, later runs read only images added since, and one cached image computed
-    afresh checks that the cache still matches the code and weights that would recompute it
-    (anything else, and it is rebuilt)."""
+    Taps depend only on the tower and the image bytes (ids are their sha256), so with a cache
+    `path` (`models/taps/KEY.npz`, KEY from `taps_key`) they are kept there: the first run
+    makes one forward pass over the gallery, later runs read only images added since, and one
+    cached image computed afresh checks that the cache still matches the code and weights that
+    would recompute it (anything else, and it is rebuilt)."""
     if not stage_modules(encoder.model.visual):
         return np.zeros((len(ids), 0), dtype=np.float32)
 
@@ -281,15 +282,14 @@ def gallery_taps(
         with torch.inference_mode():
             return (encoder.tapped(pixels)[1],)
 
-    path = studio.settings.models_dir / TAPS_DIR / f"{key}.npz" if key else None
     known = _read_cache(path) if path else {}
     if probe := next((image_id for image_id in ids if image_id in known), None):
-        [fresh] = over_gallery(studio, encoder, [probe], taps)[0].numpy()
+        [fresh] = over_gallery(read, encoder, [probe], taps)[0].numpy()
         if fresh.shape != known[probe].shape or not np.allclose(fresh, known[probe], atol=1e-4):
             known = {}
     missing = [image_id for image_id in dict.fromkeys(ids) if image_id not in known]
     if missing:
-        computed = over_gallery(studio, encoder, missing, taps)[0].numpy()
+        computed = over_gallery(read, encoder, missing, taps)[0].numpy()
         known.update(zip(missing, computed, strict=True))
         if path:
             _write_cache(path, known)
@@ -297,7 +297,7 @@ def gallery_taps(
 
 
 def _prefix_all(
-    studio: Studio, encoder: Encoder, tower: Tower, ids: Sequence[str]
+    read: PixelReader, encoder: Encoder, tower: Tower, ids: Sequence[str]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, ...) prefix outputs of the catalogued `ids`, in order (pixels, 0.6 MB per image at
     224², when the prefix is the identity: `full`, and `partial` on a non-timm tower), and
@@ -308,7 +308,7 @@ def _prefix_all(
             out = tower.prefix(pixels)
         return out, taps.tensor(len(pixels))
 
-    inputs, taps = over_gallery(studio, encoder, ids, prefix)
+    inputs, taps = over_gallery(read, encoder, ids, prefix)
     return inputs, taps
 
 
@@ -326,7 +326,7 @@ def tower_fit(
     encoder = studio.encoder(parent)
     tower = split_tower(encoder.model.visual, settings.mode, settings.blocks)
     started = time.perf_counter()
-    inputs, prefix_taps = _prefix_all(studio, encoder, tower, ids)
+    inputs, prefix_taps = _prefix_all(studio.gallery_image, encoder, tower, ids)
     prepared = round(time.perf_counter() - started, 2)
     with StageTaps(tower.suffix_stages) as probe, torch.no_grad():  # the suffix's tap width
         tower.suffix(inputs[:1])

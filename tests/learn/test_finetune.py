@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.numpy import load_file as load_numpy
 
-import core.learn.tower
 import core.learn.training
+import core.studio
 from core.encoder.heads import ResidualHead
 from core.encoder.versions import HEAD_FILE, load_heads
 from core.gallery.images import load_image
@@ -296,13 +296,13 @@ def test_taps_are_cached_per_tower_and_a_second_head_run_reads_one_image(
         )
 
     read: list[object] = []
-    real_load_image = core.learn.tower.load_image
+    real_load_image = core.studio.load_image
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         read.append(args[0])
         return real_load_image(*args, **kwargs)
 
-    monkeypatch.setattr(core.learn.tower, "load_image", counting)
+    monkeypatch.setattr(core.studio, "load_image", counting)
     second = fine_tune(fed, TrainSettings(epochs=2))
     assert len(read) == 1  # the one image that checks the cache against the tower
     head_file = fed.settings.models_dir / second.version / HEAD_FILE
