@@ -127,3 +127,46 @@ def test_the_interaction_log_counts_this_users_rows(searched: AppTest, studio: S
     assert studio.store.feedback.counts() == {"impression": 10, "similar": 1}
     assert any("11 rows logged for guest" in c.value for c in searched.caption)
     assert [b.label for b in searched.get("download_button")] == ["Export CSV", "Export Parquet"]
+
+
+def test_a_callback_writes_only_a_change_to_the_list_on_screen(
+    studio: Studio, make_gallery: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The callbacks themselves, called as Streamlit calls them, with the session state a
+    browser leaves behind: the stale grade box of a list no longer shown (its default
+    "Grade…" arriving as if new), an unchanged grade, and a second press that arrives before
+    the page redraws. Only a person's change on the list on screen writes a row."""
+    import ui.feedback as feedback
+
+    studio.ingest([make_gallery(per_label=5)], label_from_folders=True)
+    user = studio.user("guest")
+    first = studio.logged_gallery_search(user.id, studio.list_images()[0].id, 5)
+    second = studio.logged_gallery_search(user.id, studio.list_images()[1].id, 5)
+    image = first.results[0].image_id
+    state: dict[str, object] = {feedback.SHOWN_KEY: second.query_id, "box": "Grade…"}
+    monkeypatch.setattr(feedback.st, "session_state", state)
+
+    feedback._set_grade(studio, (first.query_id,), image, "box")  # stale list, stale default
+    state["box"] = "Grade 2"
+    feedback._set_grade(studio, (first.query_id,), image, "box")  # not the list on screen
+    assert count(studio, "grade") == 0
+
+    state[feedback.SHOWN_KEY] = first.query_id
+    state["box"] = "Grade…"
+    feedback._set_grade(studio, (first.query_id,), image, "box")  # no grade to clear
+    assert count(studio, "grade") == 0
+    state["box"] = "Grade 2"
+    feedback._set_grade(studio, (first.query_id,), image, "box")
+    feedback._set_grade(studio, (first.query_id,), image, "box")  # unchanged: no second row
+    state["box"] = "Grade…"
+    feedback._set_grade(studio, (first.query_id,), image, "box")  # cleared
+    graded = rows(studio, "SELECT value FROM interactions WHERE interaction_type = 'grade'")
+    assert graded == [(2,), (None,)]
+
+    # two presses before the page redraws: set, then undo (read from the log, not the widget)
+    feedback._toggle_label(studio, (first.query_id,), image, "similar")
+    feedback._toggle_label(studio, (first.query_id,), image, "similar")
+    state[feedback.SHOWN_KEY] = second.query_id
+    feedback._toggle_label(studio, (first.query_id,), image, "similar")  # not on screen
+    labelled = rows(studio, "SELECT value FROM interactions WHERE interaction_type = 'similar'")
+    assert labelled == [(1,), (0,)]
