@@ -12,7 +12,7 @@ export DEBIAN_FRONTEND := noninteractive
 export LOOKALIKE_DATA ?= $(CURDIR)/data
 
 LOOP_DATA ?= $(CURDIR)/data-loop
-.PHONY: run test install browser demo lint typecheck unit bench loop clean
+.PHONY: run test install browser demo lint typecheck unit bench bench-load loop clean
 
 ## run: set up everything, fetch and index the demo gallery, start the app on $(PORT)
 run: demo
@@ -52,6 +52,11 @@ unit: install
 ## bench: ingest speed, search latency and index recall on the demo gallery
 bench: demo
 	$(PY) -m core bench
+
+## bench-load: 1, 2, 4 and 8 people at once in Chromium (upload, results, one label) on a copy
+## of the demo gallery; time-to-results p50/p95, searches/s, and whether the log stayed exact
+bench-load: demo browser
+	for users in 1 2 4 8; do $(PY) -m core bench --browser-users $$users --json; done
 
 ## loop: the closed loop on a fresh data dir: baseline on test, simulate, fine-tune (head, then
 ## partial, both from base), compare

@@ -4,7 +4,7 @@ import streamlit as st
 
 from ui.resources import get_studio
 from ui.state import mark_app_frame
-from ui.widgets import sidebar, user_picker
+from ui.widgets import calm_rendering, sidebar, user_picker
 
 st.set_page_config(page_title="Lookalike", page_icon="assets/logo.svg", layout="wide")
 
@@ -18,6 +18,7 @@ navigation = st.navigation(
     ]
 )
 st.logo("assets/logo.svg")
+calm_rendering()
 mark_app_frame()
 studio = get_studio()
 studio.encoder()  # load the cached encoder now, not on the first upload

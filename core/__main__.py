@@ -257,10 +257,22 @@ def cmd_project(studio: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_browser(studio: Any, args: argparse.Namespace) -> int:
+    from core.measure.load import browser_load
+
+    load = browser_load(
+        studio.settings.data_dir, args.browser_users, args.rounds, args.k, args.encoder
+    )
+    _emit(load, args.json, "\n".join(f"{key:>22}: {value}" for key, value in load.items()))
+    return 0 if load["log_exact"] else 1
+
+
 def cmd_bench(studio: Any, args: argparse.Namespace) -> int:
     from core.gallery.demo import STAMPS_SUBDIR
     from core.measure.bench import run_bench
 
+    if args.browser_users:  # N people at once in Chromium, against a copy of this gallery
+        return _bench_browser(studio, args)
     folder = Path(args.folder) if args.folder else studio.settings.demo_dir / "root" / STAMPS_SUBDIR
     figures = run_bench(studio, folder, args.images, args.queries, args.k, args.umap)
     _emit(figures, args.json, "\n".join(f"{key:>22}: {value}" for key, value in figures.items()))
@@ -357,6 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--queries", type=int, default=50, help="how many searches to time")
     bench.add_argument("-k", type=int, default=10)
     bench.add_argument("--umap", action="store_true", help="also time UMAP (about 2 minutes)")
+    bench.add_argument(
+        "--browser-users",
+        type=int,
+        metavar="N",
+        help="instead: N people at once in Chromium (upload, results, one label), against a "
+        "copy of the gallery; time-to-results p50/p95, searches/s, and whether the log is exact",
+    )
+    bench.add_argument("--rounds", type=int, default=3, help="--browser-users: uploads each")
+    bench.add_argument("--encoder", help="--browser-users: the app's base encoder (tests)")
     return parser
 
 

@@ -60,7 +60,7 @@ else:
         except ImageError as exc:
             st.error(str(exc))
             st.stop()
-        query_column.image(loaded.image, caption="Query", width="stretch")
+        query_column.image(loaded.image, caption=f"Query · {upload.name}", width="stretch")
         search = remember(
             ("upload", loaded.id, state),
             lambda: studio.logged_search(user.id, loaded, k, location),
@@ -80,37 +80,47 @@ def reset(root: LoggedSearch) -> None:
     st.session_state["refined"].pop(root.query_id, None)
 
 
-if search is not None:
+@st.fragment
+def results(search: LoggedSearch) -> None:
+    """The result grid and its controls. A fragment: Similar, Not similar, grades and refine
+    rerun only this part of the page, not the upload box and the rest (measured: the
+    browser's rendering, not the server, is most of the time people wait)."""
     refined: dict[int, LoggedSearch] = st.session_state.setdefault("refined", {})
     shown = refined.get(search.query_id, search)
     chain = studio.query_chain(shown.query_id)
+    title, refine_column, reset_column = st.columns([2, 1.3, 1.1], vertical_alignment="bottom")
+    step = f" · refined ×{len(chain) - 1}" if len(chain) > 1 else ""
+    title.subheader(f"Top {len(shown.results)} · model `{version}`{step}")
+    refine_column.button(
+        "Refine with my labels",
+        icon=":material/tune:",
+        on_click=refine,
+        args=(search, shown.query_id),
+        width="stretch",
+    )
+    reset_column.button(
+        "Original ranking",
+        disabled=len(chain) == 1,
+        on_click=reset,
+        args=(search,),
+        width="stretch",
+    )
+    if st.session_state.pop("refine_hint", False):
+        st.warning("Mark a few results Similar / Not similar (or grade them) first.")
+    feedback_grid(studio, shown, chain)
+
+
+if search is not None:
     with results_column:
-        title, refine_column, reset_column = st.columns([2, 1.3, 1.1], vertical_alignment="bottom")
-        step = f" · refined ×{len(chain) - 1}" if len(chain) > 1 else ""
-        title.subheader(f"Top {len(shown.results)} · model `{version}`{step}")
-        refine_column.button(
-            "Refine with my labels",
-            icon=":material/tune:",
-            on_click=refine,
-            args=(search, shown.query_id),
-            width="stretch",
-        )
-        reset_column.button(
-            "Original ranking",
-            disabled=len(chain) == 1,
-            on_click=reset,
-            args=(search,),
-            width="stretch",
-        )
-        if st.session_state.pop("refine_hint", False):
-            st.warning("Mark a few results Similar / Not similar (or grade them) first.")
-        feedback_grid(studio, shown, chain)
+        results(search)
 
 with st.expander("Interaction log"):
     counts = studio.interaction_counts(user.id)
-    st.caption(f"{sum(counts.values()):,} rows logged for {user.name}; exports hold everyone's.")
-    if counts:
-        st.dataframe({"interaction": list(counts), "rows": list(counts.values())}, width="content")
+    by_type = " · ".join(f"{kind} {rows:,}" for kind, rows in counts.items())
+    st.caption(
+        f"{sum(counts.values()):,} rows logged for {user.name}"
+        f"{f' ({by_type})' if by_type else ''}; exports hold everyone's."
+    )
     for column, (fmt, mime) in zip(st.columns(2), EXPORTS.items(), strict=True):
         column.download_button(
             f"Export {fmt.capitalize() if fmt == 'parquet' else fmt.upper()}",

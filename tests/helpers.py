@@ -12,12 +12,9 @@ import json
 import math
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from PIL import Image
 
 from core.learn.tower import TAPS_DIR
 from core.learn.training import TrainingCancelled
+from core.measure import load
 from core.studio import Studio
 
 ROOT = Path(__file__).resolve().parents[1]  # the project folder, where `python -m core` runs
@@ -147,16 +145,7 @@ class CancelFirstStep:
         raise AssertionError("cancelled on the first step")
 
 
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    # This machine has no internet: without these, chromium keeps dialling Google's services.
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+CHROMIUM_FLAGS = list(load.CHROMIUM_FLAGS)
 
 
 def chromium_path() -> str:
@@ -168,56 +157,6 @@ def chromium_path() -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited early with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"streamlit did not answer at {url} within {seconds:.0f} s")
-
-
 def start_streamlit(data_dir: Path, encoder: str, log: Path) -> tuple[str, subprocess.Popen[bytes]]:
     """`streamlit run app.py` on 127.0.0.1 and a free port, serving `data_dir`."""
-    port = free_port()
-    env = {**os.environ, "LOOKALIKE_DATA": str(data_dir), "LOOKALIKE_ENCODER": encoder}
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(ROOT / "app.py"),
-        "--server.port",
-        str(port),
-        "--server.address",
-        "127.0.0.1",
-        "--server.headless",
-        "true",
-    ]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, process)
-    except Exception:
-        process.kill()
-        raise
-    return url, process
+    return load.serve_app(data_dir, encoder, log)

@@ -69,6 +69,7 @@ BACKEND_OWNERS: dict[str, tuple[str, ...]] = {
     "faiss": ("core.search.nn",),  # nearest-neighbour methods (may not exist yet)
     "psycopg": ("core.store",),
     "ray": ("core.gallery",),  # future: distributed ingest
+    "playwright": ("core.measure.load",),  # the browser load benchmark
 }
 
 CLI_CHOICES = {  # (sub-command, option) -> the tuple in core.choices it must offer

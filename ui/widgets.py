@@ -76,3 +76,18 @@ def progress_bar(label: str) -> Callable[[int, int], None]:
         bar.progress(done / total if total else 1.0, text=f"{label} {done}/{total}")
 
     return update
+
+
+# While a script reruns, Streamlit fades the last run's elements and animates its status; in a
+# browser without a GPU every frame of that is repainted on the CPU, beside the server. With 4
+# people searching on 2 cores the browsers used ~6x the server's CPU time (measured), so the
+# app draws no animations and keeps stale elements opaque.
+_CALM_CSS = (
+    "<style>*, *::before, *::after {animation: none !important; transition: none !important;}"
+    ' [data-stale="true"] {opacity: 1 !important;}</style>'
+)
+
+
+def calm_rendering() -> None:
+    """No CSS animations or stale-element fades on any page (app.py, every run)."""
+    st.html(_CALM_CSS)

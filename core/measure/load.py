@@ -1,0 +1,281 @@
+"""The app under load, in a real browser: N people at once upload, wait for results, label one.
+
+`serve_app` starts `streamlit run app.py` on a free loopback port (the browser tests use it
+too); `browser_load` drives N concurrent Chromium sessions (Playwright's async API: one browser,
+one context per person) against a scratch copy of a data directory, so the benchmark's rows
+never enter the real log. Time-to-results runs from handing the file to the upload box to the
+moment every result image of the new list is decoded on screen (checked in the page, on each
+animation frame). Afterwards the log is audited: one query per upload, exactly k impressions
+each and exactly the one label each person gave — no more, no less.
+
+The only module that imports playwright (a development requirement: `requirements-dev.txt`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import LookalikeError
+
+ROOT = Path(__file__).resolve().parents[2]  # the project folder, where app.py lives
+CHROMIUM_FLAGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    # This machine has no internet: without these, chromium keeps dialling Google's services.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+# In the page: every result image of the list for `name` decoded, none left from the last run.
+_RESULTS_READY = """([name, count]) => {
+  const main = document.querySelector('[data-testid="stMain"]');
+  if (!main || document.querySelector('[data-testid="stStatusWidget"]')) return false;
+  const captions = [...main.querySelectorAll('[data-testid="stImageCaption"]')];
+  if (!captions.some(c => c.innerText.includes(name) && !c.closest('[data-stale="true"]')))
+    return false;
+  const images = [...main.querySelectorAll('[data-testid="stImage"] img')];
+  if (images.length < count + 1) return false;
+  return images.every(img => img.complete && img.naturalWidth > 0 &&
+                             !img.closest('[data-stale="true"]'));
+}"""
+
+
+TIMEOUT_MS = 120_000  # an upload whose results take longer fails the benchmark
+_BENCH_KINDS = ("impression", "similar")  # the only rows the benchmark's people leave
+
+
+# In the page: the second result's Similar button is drawn pressed, and no script runs.
+_LABEL_SHOWN = """() => {
+  if (document.querySelector('[data-testid="stStatusWidget"]')) return false;
+  const main = document.querySelector('[data-testid="stMain"]');
+  const pressed = main.querySelectorAll('[data-testid="stBaseButton-primary"]');
+  return [...pressed].some(b => b.innerText.trim().endsWith("Similar") &&
+                               !b.closest('[data-stale="true"]'));
+}"""
+
+
+class LoadBenchError(LookalikeError):
+    """The load benchmark cannot run here (no browser, no Playwright, an empty gallery)."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], seconds: float = 90) -> None:
+    """Until Streamlit's health endpoint answers "ok"; an early exit or a time-out raises."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LoadBenchError(f"streamlit exited early with code {process.returncode}.")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise LoadBenchError(f"streamlit did not answer at {url} within {seconds:.0f} s.")
+
+
+def serve_app(
+    data_dir: Path, encoder: str | None, log: Path
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """`streamlit run app.py` on 127.0.0.1 and a free port, serving `data_dir` (with
+    `encoder` as the base encoder when given); returns its URL and process."""
+    port = free_port()
+    env = {**os.environ, "LOOKALIKE_DATA": str(data_dir)}
+    if encoder:
+        env["LOOKALIKE_ENCODER"] = encoder
+    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py")]
+    command += ["--server.port", str(port), "--server.address", "127.0.0.1"]
+    command += ["--server.headless", "true"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+    except BaseException:
+        process.kill()
+        raise
+    return url, process
+
+
+def chromium() -> str:
+    """Debian's chromium (`make browser`); Playwright cannot download its own browsers here."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        raise LoadBenchError("chromium is not installed: `make browser` installs it.")
+    return path
+
+
+@dataclass(frozen=True)
+class Upload:
+    user: int
+    round: int
+    seconds: float  # file handed to the upload box -> every result image decoded
+
+
+async def _person(
+    browser: Any,
+    url: str,
+    user: int,
+    queries: list[Path],
+    k: int,
+    start: asyncio.Event,
+    shots: Path,
+) -> list[Upload]:
+    """One person: open the app, then per query upload, wait for results, mark #2 similar."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 1100})
+    page = await context.new_page()
+    await page.goto(url, wait_until="domcontentloaded")
+    await page.get_by_text("Search by image").wait_for(timeout=120_000)
+    await start.wait()
+    done: list[Upload] = []
+    for number, query in enumerate(queries):
+        started = time.perf_counter()
+        await page.locator('input[type="file"]').first.set_input_files(str(query))
+        try:
+            await page.wait_for_function(
+                _RESULTS_READY, arg=[query.name, k], polling="raf", timeout=TIMEOUT_MS
+            )
+        except Exception as exc:  # playwright's TimeoutError: the results never showed
+            shots.mkdir(parents=True, exist_ok=True)
+            shot = shots / f"load-timeout-{query.stem}.png"
+            await page.screenshot(path=str(shot), full_page=True)
+            raise LoadBenchError(
+                f"Person {user}'s upload {number + 1} showed no results within "
+                f"{TIMEOUT_MS / 1000:.0f} s (screenshot: {shot})."
+            ) from exc
+        done.append(Upload(user, number, time.perf_counter() - started))
+        main = page.locator('[data-testid="stMain"]')
+        similar = main.get_by_role("button").filter(has_text=re.compile("Similar$"))
+        await similar.nth(1).click()  # result #2 (a regex: "Not similar" must not match)
+        # the label is on screen (the button turned primary) and no run is left
+        await page.wait_for_function(_LABEL_SHOWN, timeout=TIMEOUT_MS)
+    await context.close()
+    return done
+
+
+async def _drive(
+    url: str, users: int, queries: list[list[Path]], k: int, shots: Path
+) -> list[Upload]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=chromium(), args=list(CHROMIUM_FLAGS)
+        )
+        start = asyncio.Event()
+        people = [
+            asyncio.create_task(_person(browser, url, n, queries[n], k, start, shots))
+            for n in range(users)
+        ]
+        await asyncio.sleep(0)  # every page loads first; then all start uploading together
+        while not all(t.done() for t in people) and not start.is_set():
+            await asyncio.sleep(2.0)
+            start.set()
+        results = await asyncio.gather(*people)
+        await browser.close()
+    return [upload for person in results for upload in person]
+
+
+def audit_log(catalog: Path, uploads: int, k: int) -> dict[str, int | bool]:
+    """The benchmark's rows: one query per upload, k impressions each, one similar each."""
+    with sqlite3.connect(catalog) as conn:
+        queries = conn.execute("SELECT COUNT(*) FROM queries").fetchone()[0]
+        kinds = dict(
+            conn.execute(
+                "SELECT interaction_type, COUNT(*) FROM interactions GROUP BY interaction_type"
+            ).fetchall()
+        )
+        per_query = conn.execute(
+            "SELECT COUNT(*) FROM interactions WHERE interaction_type = 'impression'"
+            " GROUP BY query_id"
+        ).fetchall()
+    exact = (
+        queries == uploads
+        and kinds == {"impression": uploads * k, "similar": uploads}
+        and all(n == k for (n,) in per_query)
+    )
+    return {
+        "log_queries": int(queries),
+        "log_impressions": int(kinds.get("impression", 0)),
+        "log_labels": int(kinds.get("similar", 0)),
+        "log_other_rows": int(
+            sum(kinds.values()) - kinds.get("impression", 0) - kinds.get("similar", 0)
+        ),
+        "log_exact": bool(exact),
+    }
+
+
+def browser_load(
+    data_dir: Path, users: int, rounds: int = 3, k: int = 10, encoder: str | None = None
+) -> dict[str, object]:
+    """N concurrent people, `rounds` uploads each, against a scratch copy of `data_dir`'s
+    gallery (log emptied first). Query images are gallery images, different for every upload."""
+    if users < 1 or rounds < 1:
+        raise LoadBenchError("--browser-users and the rounds must be at least 1.")
+    with tempfile.TemporaryDirectory(prefix="lookalike-load-") as tmp:
+        scratch = Path(tmp) / "data"
+        shutil.copytree(data_dir, scratch, ignore=shutil.ignore_patterns("logs", "*.log"))
+        with sqlite3.connect(scratch / "catalog.db") as conn:
+            conn.execute("DELETE FROM interactions")
+            conn.execute("DELETE FROM queries")
+            files = [row[0] for row in conn.execute("SELECT file FROM images ORDER BY id")]
+        if len(files) < users * rounds:
+            raise LoadBenchError("The gallery has too few images for that many uploads.")
+        picks = np.random.default_rng(0).choice(len(files), users * rounds, replace=False)
+        queries: list[list[Path]] = []
+        for user in range(users):
+            mine = []
+            for number in range(rounds):
+                source = scratch / "images" / files[int(picks[user * rounds + number])]
+                target = Path(tmp) / f"user{user}-query{number}{source.suffix}"
+                shutil.copyfile(source, target)
+                mine.append(target)
+            queries.append(mine)
+        url, process = serve_app(scratch, encoder, Path(tmp) / "streamlit.log")
+        try:
+            started = time.perf_counter()
+            uploads = asyncio.run(_drive(url, users, queries, k, data_dir / "logs"))
+            wall = time.perf_counter() - started
+            audit = audit_log(scratch / "catalog.db", users * rounds, k)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    seconds = np.array([u.seconds for u in uploads])
+    return {
+        "users": users,
+        "uploads": len(uploads),
+        "time_to_results_p50_s": round(float(np.percentile(seconds, 50)), 3),
+        "time_to_results_p95_s": round(float(np.percentile(seconds, 95)), 3),
+        "time_to_results_max_s": round(float(seconds.max()), 3),
+        "searches_per_s": round(len(uploads) / wall, 3),
+        **audit,
+    }
