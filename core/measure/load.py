@@ -147,6 +147,7 @@ async def _person(
     user: int,
     queries: list[Path],
     k: int,
+    ready: asyncio.Event,
     start: asyncio.Event,
     shots: Path,
 ) -> list[Upload]:
@@ -155,6 +156,7 @@ async def _person(
     page = await context.new_page()
     await page.goto(url, wait_until="domcontentloaded")
     await page.get_by_text("Search by image").wait_for(timeout=120_000)
+    ready.set()
     await start.wait()
     done: list[Upload] = []
     for number, query in enumerate(queries):
@@ -184,25 +186,28 @@ async def _person(
 
 async def _drive(
     url: str, users: int, queries: list[list[Path]], k: int, shots: Path
-) -> list[Upload]:
+) -> tuple[list[Upload], float]:
+    """Everyone's uploads, and the seconds from the moment all pages were open (the app's
+    first load, which loads the encoder, is not counted) to the last label."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=chromium(), args=list(CHROMIUM_FLAGS)
         )
+        ready = [asyncio.Event() for _ in range(users)]
         start = asyncio.Event()
         people = [
-            asyncio.create_task(_person(browser, url, n, queries[n], k, start, shots))
+            asyncio.create_task(_person(browser, url, n, queries[n], k, ready[n], start, shots))
             for n in range(users)
         ]
-        await asyncio.sleep(0)  # every page loads first; then all start uploading together
-        while not all(t.done() for t in people) and not start.is_set():
-            await asyncio.sleep(2.0)
-            start.set()
+        await asyncio.gather(*(event.wait() for event in ready))
+        started = time.perf_counter()
+        start.set()
         results = await asyncio.gather(*people)
+        elapsed = time.perf_counter() - started
         await browser.close()
-    return [upload for person in results for upload in person]
+    return [upload for person in results for upload in person], elapsed
 
 
 def audit_log(catalog: Path, uploads: int, k: int) -> dict[str, int | bool]:
@@ -262,9 +267,7 @@ def browser_load(
             queries.append(mine)
         url, process = serve_app(scratch, encoder, Path(tmp) / "streamlit.log")
         try:
-            started = time.perf_counter()
-            uploads = asyncio.run(_drive(url, users, queries, k, data_dir / "logs"))
-            wall = time.perf_counter() - started
+            uploads, wall = asyncio.run(_drive(url, users, queries, k, data_dir / "logs"))
             audit = audit_log(scratch / "catalog.db", users * rounds, k)
         finally:
             process.terminate()

@@ -273,11 +273,15 @@ class Store(Database):
         if not name:
             raise StoreError("A user needs a non-empty name.")
         with self.connect() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO users (name, location, created_at) VALUES (?, ?, ?)",
-                (name, location, utc_now()),
-            )
+            # read first: the app asks on every rerun, and a write would take the database's
+            # write lock each time (all sessions queue behind it)
             row = conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO users (name, location, created_at) VALUES (?, ?, ?)",
+                    (name, location, utc_now()),
+                )
+                row = conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
         return User(**dict(row))
 
     def list_users(self) -> list[User]:
