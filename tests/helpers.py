@@ -29,6 +29,21 @@ from core.studio import Studio
 
 ROOT = Path(__file__).resolve().parents[1]  # the project folder, where `python -m core` runs
 
+# The interaction log's columns as the seed names them, in the seed's order, then the model
+# version and the grade value: written out by hand here, never imported from the code under test.
+SEED_COLUMNS = [
+    "UserID",
+    "QueryImageID",
+    "DisplayedImageID",
+    "PositionInDisplayedList",
+    "InteractionType",
+    "Location",
+    "Timestamp",
+    "ModelVersion",
+    "Value",
+]
+SEED_COLUMNS_WITH_QUERY_ID = [*SEED_COLUMNS, "QueryID"]  # interactions(with_query_id=True)
+
 
 TINY = "tiny-test"
 

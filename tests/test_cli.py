@@ -14,7 +14,15 @@ import pytest
 from core.config import load_settings
 from core.search.index import VectorIndex
 from core.store import Store
-from tests.helpers import GALLERY_LABELS, generated_image, raw, reference_metrics, run_cli, run_json
+from tests.helpers import (
+    GALLERY_LABELS,
+    SEED_COLUMNS,
+    generated_image,
+    raw,
+    reference_metrics,
+    run_cli,
+    run_json,
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,17 +112,7 @@ def test_export_interactions_writes_the_seeds_column_names(
     assert run_json(data, "ingest", str(make_gallery(per_label=4)), "--label-from-folders")["added"]
     run_json(data, "simulate", "--queries", "3", "--seed", "0", "-k", "4")
     logged = raw(load_settings(data, environ={}).catalog_path, "SELECT COUNT(*) FROM interactions")
-    seed_columns = [
-        "UserID",
-        "QueryImageID",
-        "DisplayedImageID",
-        "PositionInDisplayedList",
-        "InteractionType",
-        "Location",
-        "Timestamp",
-        "ModelVersion",
-        "Value",
-    ]
+    seed_columns = SEED_COLUMNS
     for name, read in (("log.csv", pd.read_csv), ("log.parquet", pd.read_parquet)):
         out = tmp_path / name
         report = run_json(data, "export-interactions", str(out))

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import LookalikeError
+from core.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]  # the project folder, where app.py lives
 CHROMIUM_FLAGS = (
@@ -216,24 +216,20 @@ async def _drive(
     return [upload for person in results for upload in person], elapsed
 
 
-def audit_log(catalog: Path, uploads: int, k: int, labels: int) -> dict[str, int | bool]:
-    """The benchmark's rows: one query per upload, k impressions each, and exactly one
-    `similar` row per press that was drawn as pressed (`labels`)."""
-    with sqlite3.connect(catalog) as conn:
-        queries = conn.execute("SELECT COUNT(*) FROM queries").fetchone()[0]
-        kinds = dict(
-            conn.execute(
-                "SELECT interaction_type, COUNT(*) FROM interactions GROUP BY interaction_type"
-            ).fetchall()
-        )
-        per_query = conn.execute(
-            "SELECT COUNT(*) FROM interactions WHERE interaction_type = 'impression'"
-            " GROUP BY query_id"
-        ).fetchall()
+def audit_log(
+    store: Store, after_query: int, uploads: int, k: int, labels: int
+) -> dict[str, int | bool]:
+    """The benchmark's rows (queries logged after `after_query`): one query per upload, k
+    impressions each, and exactly one `similar` row per press drawn as pressed (`labels`)."""
+    log = store.feedback.interactions(with_query_id=True)
+    log = log[log.QueryID > after_query]
+    queries = log.QueryID.nunique()  # every logged search has its impressions
+    kinds = {str(kind): int(n) for kind, n in log.InteractionType.value_counts().items()}
+    per_query = log[log.InteractionType == "impression"].groupby("QueryID").size()
     exact = (
         queries == uploads
         and kinds == {"impression": uploads * k, **({"similar": labels} if labels else {})}
-        and all(n == k for (n,) in per_query)
+        and bool((per_query == k).all())
     )
     return {
         "log_queries": int(queries),
@@ -250,16 +246,17 @@ def browser_load(
     data_dir: Path, users: int, rounds: int = 3, k: int = 10, encoder: str | None = None
 ) -> dict[str, object]:
     """N concurrent people, `rounds` uploads each, against a scratch copy of `data_dir`'s
-    gallery (log emptied first). Query images are gallery images, different for every upload."""
+    gallery, whose log is audited for the benchmark's queries only. Query images are gallery
+    images, a different one for every upload."""
     if users < 1 or rounds < 1:
         raise LoadBenchError("--browser-users and the rounds must be at least 1.")
     with tempfile.TemporaryDirectory(prefix="lookalike-load-") as tmp:
         scratch = Path(tmp) / "data"
         shutil.copytree(data_dir, scratch, ignore=shutil.ignore_patterns("logs", "*.log"))
-        with sqlite3.connect(scratch / "catalog.db") as conn:
-            conn.execute("DELETE FROM interactions")
-            conn.execute("DELETE FROM queries")
-            files = [row[0] for row in conn.execute("SELECT file FROM images ORDER BY id")]
+        store = Store(scratch / "catalog.db")
+        earlier = store.feedback.interactions(with_query_id=True).QueryID
+        after_query = int(earlier.max()) if len(earlier) else 0  # the copy's own log stays
+        files = [record.file for record in sorted(store.list_images(), key=lambda r: r.id)]
         if len(files) < users * rounds:
             raise LoadBenchError("The gallery has too few images for that many uploads.")
         picks = np.random.default_rng(0).choice(len(files), users * rounds, replace=False)
@@ -276,7 +273,7 @@ def browser_load(
         try:
             uploads, wall = asyncio.run(_drive(url, users, queries, k, data_dir / "logs"))
             shown = sum(upload.labelled for upload in uploads)
-            audit = audit_log(scratch / "catalog.db", users * rounds, k, shown)
+            audit = audit_log(store, after_query, users * rounds, k, shown)
         finally:
             process.terminate()
             process.wait(timeout=30)

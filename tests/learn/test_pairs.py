@@ -19,19 +19,9 @@ from core.learn.pairs import (
     build_pairs,
     judgements,
 )
+from tests.helpers import SEED_COLUMNS_WITH_QUERY_ID
 
-COLUMNS = [  # what FeedbackLog.interactions(with_query_id=True) has: the seed's names
-    "UserID",
-    "QueryImageID",
-    "DisplayedImageID",
-    "PositionInDisplayedList",
-    "InteractionType",
-    "Location",
-    "Timestamp",
-    "ModelVersion",
-    "Value",
-    "QueryID",
-]
+COLUMNS = SEED_COLUMNS_WITH_QUERY_ID
 NAN = float("nan")
 # Transitive positives off unless a test is about them: these logs are counted by hand.
 SETTINGS = PairSettings(click_weight=0.3, label_weight=1.0, grade_weight=0.8, transitive=0)

@@ -34,7 +34,7 @@ from core.measure.evaluation import (
 )
 from core.store import ImageRecord
 from core.studio import LoggedSearch, Studio
-from tests.helpers import GALLERY_LABELS, generated_image, reference_metrics
+from tests.helpers import GALLERY_LABELS, SEED_COLUMNS, generated_image, reference_metrics
 
 
 @pytest.mark.parametrize("k", [1, 5, 10])
@@ -347,17 +347,7 @@ def log_frame(rows: list[tuple[str, str, str, float | None]]) -> pd.DataFrame:
             (1, query, shown, position, kind, None, f"2024-01-01T00:00:{n:02d}", "base", value)
             for n, (position, (query, shown, kind, value)) in enumerate(enumerate(rows, start=1))
         ],
-        columns=[  # FeedbackLog.interactions(): the seed's names
-            "UserID",
-            "QueryImageID",
-            "DisplayedImageID",
-            "PositionInDisplayedList",
-            "InteractionType",
-            "Location",
-            "Timestamp",
-            "ModelVersion",
-            "Value",
-        ],
+        columns=SEED_COLUMNS,
     )
     return frame.astype({"Value": "float64"})
 

@@ -13,19 +13,9 @@ import pytest
 from core.measure import online
 from core.measure.metrics import wilson_interval
 from core.measure.online import Rate
+from tests.helpers import SEED_COLUMNS_WITH_QUERY_ID
 
-COLUMNS = [  # what FeedbackLog.interactions(with_query_id=True) has: the seed's names
-    "UserID",
-    "QueryImageID",
-    "DisplayedImageID",
-    "PositionInDisplayedList",
-    "InteractionType",
-    "Location",
-    "Timestamp",
-    "ModelVersion",
-    "Value",
-    "QueryID",
-]
+COLUMNS = SEED_COLUMNS_WITH_QUERY_ID
 NOON = "2026-11-25T12:00:00.000+00:00"
 
 

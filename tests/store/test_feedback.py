@@ -30,7 +30,7 @@ from core.store import (
     StoreError,
     split_for,
 )
-from tests.helpers import raw
+from tests.helpers import SEED_COLUMNS, SEED_COLUMNS_WITH_QUERY_ID, raw
 
 N_IMAGES = 12
 TABLES = ("queries", "interactions", "query_images")
@@ -517,20 +517,6 @@ BUSY_ROWS = [  # the busy log, by hand, without timestamps; alice is user 1 and 
 ]
 
 
-SEED_COLUMNS = [  # the seed's names for the log, in the seed's order, written out by hand
-    "UserID",
-    "QueryImageID",
-    "DisplayedImageID",
-    "PositionInDisplayedList",
-    "InteractionType",
-    "Location",
-    "Timestamp",
-    "ModelVersion",
-    "Value",
-]
-SEED_COLUMNS_WITH_QUERY_ID = [*SEED_COLUMNS, "QueryID"]
-
-
 def without_timestamps(frame: pd.DataFrame) -> list[tuple[object, ...]]:
     """Rows as plain tuples, missing values (None or NaN) as None."""
     columns = [c for c in SEED_COLUMNS if c != "Timestamp"]
@@ -543,17 +529,7 @@ def without_timestamps(frame: pd.DataFrame) -> list[tuple[object, ...]]:
 def test_interactions_has_exactly_the_log_columns_and_types(busy_log: Store):
     frame = busy_log.feedback.interactions()
 
-    assert list(frame.columns) == [
-        "UserID",
-        "QueryImageID",
-        "DisplayedImageID",
-        "PositionInDisplayedList",
-        "InteractionType",
-        "Location",
-        "Timestamp",
-        "ModelVersion",
-        "Value",
-    ]
+    assert list(frame.columns) == SEED_COLUMNS
     assert list(LOG_COLUMNS) == SEED_COLUMNS
     assert frame["UserID"].dtype == "int64"
     assert frame["PositionInDisplayedList"].dtype == "int64"
@@ -569,18 +545,7 @@ def test_interactions_has_exactly_the_log_columns_and_types(busy_log: Store):
 def test_interactions_with_query_id_appends_the_query_id_last(busy_log: Store):
     frame = busy_log.feedback.interactions(with_query_id=True)
 
-    assert list(frame.columns) == [
-        "UserID",
-        "QueryImageID",
-        "DisplayedImageID",
-        "PositionInDisplayedList",
-        "InteractionType",
-        "Location",
-        "Timestamp",
-        "ModelVersion",
-        "Value",
-        "QueryID",
-    ]
+    assert list(frame.columns) == SEED_COLUMNS_WITH_QUERY_ID
     assert frame["QueryID"].dtype == "int64"
     assert frame["UserID"].dtype == "int64"
     assert frame["PositionInDisplayedList"].dtype == "int64"
