@@ -207,7 +207,15 @@ async def _drive(
             asyncio.create_task(_person(browser, url, n, queries[n], k, ready[n], start, shots))
             for n in range(users)
         ]
-        await asyncio.gather(*(event.wait() for event in ready))
+        opened = asyncio.gather(*(event.wait() for event in ready))
+        waiting: list[asyncio.Future[Any]] = [opened, *people]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED, timeout=300)
+        for person in people:  # a page that failed to open fails the run, not hangs it
+            if person.done() and person.exception():
+                opened.cancel()
+                raise person.exception()  # type: ignore[misc]
+        if not opened.done():
+            raise LoadBenchError("The app's pages did not open within 300 s.")
         started = time.perf_counter()
         start.set()
         results = await asyncio.gather(*people)
