@@ -11,7 +11,6 @@ import io
 import json
 import math
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -164,12 +163,14 @@ CHROMIUM_FLAGS = list(load.CHROMIUM_FLAGS)
 
 
 def chromium_path() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
+    """Debian's chromium; without it the browser tests skip, except under CI, where a missing
+    browser is a set-up failure."""
+    try:
+        return load.chromium()
+    except load.LoadBenchError as missing:
         if os.environ.get("CI"):
-            pytest.fail("chromium is missing: `make browser` installs it (Debian package).")
-        pytest.skip("chromium is not installed (make browser)")
-    return path
+            pytest.fail(f"{missing} (Debian package)")
+        pytest.skip(str(missing))
 
 
 def start_streamlit(data_dir: Path, encoder: str, log: Path) -> tuple[str, subprocess.Popen[bytes]]:
