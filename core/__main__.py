@@ -132,7 +132,7 @@ def _version_line(row: dict[str, Any]) -> str:
 
 def cmd_models(studio: Any, args: argparse.Namespace) -> int:
     keys = ("version", "active", "parent", "mode", "created_at", "metrics")
-    rows = [{key: v.summary()[key] for key in keys} for v in studio.versions()]
+    rows = [{key: row[key] for key in keys} for row in (v.summary() for v in studio.versions())]
     _emit(rows, args.json, "\n".join(_version_line(r) for r in rows))
     return 0
 

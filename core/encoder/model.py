@@ -16,7 +16,7 @@ from core.encoder.registry import (
     DEFAULT_ENCODER,
     EncoderError,
     EncoderSpec,
-    _create,
+    build_open_clip,
     efficientnet_lite0_state_dict,
     get_encoder_spec,
 )
@@ -139,7 +139,7 @@ def load_encoder(name: str = DEFAULT_ENCODER, *, seed: int = 0) -> Encoder:
     spec = get_encoder_spec(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model, preprocess = _create(spec)
+        model, preprocess = build_open_clip(spec)
     if spec.name == DEFAULT_ENCODER:
         trunk = model.visual.trunk
         weights = efficientnet_lite0_state_dict()

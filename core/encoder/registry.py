@@ -233,7 +233,7 @@ def _quiet_random_init_warning(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("No pretrained weights loaded for model 'lookalike-")
 
 
-def _create(spec: EncoderSpec) -> tuple[Any, Callable[[Image.Image], torch.Tensor]]:
+def build_open_clip(spec: EncoderSpec) -> tuple[Any, Callable[[Image.Image], torch.Tensor]]:
     """Build the open_clip model (a CLIP; open_clip has no type stubs) and its eval transform."""
     _register_config(spec)
     root = logging.getLogger()
