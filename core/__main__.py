@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.choices import (
+    DEMO_SETS,
     EVAL_SPLITS,
     EXPORT_FORMATS,
     PROJECTION_METHODS,
@@ -56,7 +57,10 @@ def cmd_ingest(studio: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(studio: Any, args: argparse.Namespace) -> int:
-    return _report_ingest(studio.demo_data(progress=_progress("demo-data")), args.json)
+    report = studio.demo_data(
+        progress=_progress("demo-data"), dataset=args.dataset, limit=args.limit
+    )
+    return _report_ingest(report, args.json)
 
 
 def _report_ingest(report: Any, as_json: bool) -> int:
@@ -298,7 +302,21 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument(
         "--label-from-folders", action="store_true", help="label = parent folder path"
     )
-    add("demo-data", cmd_demo_data, "Fetch the Debian tuxpaint stamps and ingest them with labels.")
+    demo = add("demo-data", cmd_demo_data, "Fetch a Debian demo gallery and ingest it with labels.")
+    demo.add_argument(
+        "--set",
+        dest="dataset",
+        choices=DEMO_SETS,
+        default=DEMO_SETS[0],
+        help="tuxpaint: ~800 photo stamps, folder labels; fashion-mnist: 70,000 28x28 greyscale "
+        "clothes, the 10 class names as labels",
+    )
+    demo.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="fashion-mnist: N images, an equal share per class (the same ones every time)",
+    )
     search = add("search", cmd_search, "Rank the gallery against one or more query images.")
     search.add_argument("images", nargs="+")
     search.add_argument("-k", type=int, default=10)

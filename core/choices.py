@@ -12,3 +12,5 @@ PROJECTION_METHODS: tuple[str, ...] = ("umap", "pca")  # 2-D maps of an embeddin
 EXPORT_FORMATS: tuple[str, ...] = ("csv", "parquet")  # the interaction log's exports
 INTERACTION_TYPES: tuple[str, ...] = ("impression", "click", "similar", "not_similar", "grade")
 QUERY_SOURCES: tuple[str, ...] = ("upload", "gallery", "refine", "simulate")
+DEMO_SETS: tuple[str, ...] = ("tuxpaint", "fashion-mnist")  # `demo-data --set`; first: default
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")  # what the image tower computes in

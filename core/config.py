@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from core.choices import PRECISIONS
 from core.errors import LookalikeError
 
 DATA_ENV = "LOOKALIKE_DATA"
@@ -58,6 +59,8 @@ class Settings:
         "efficientnet-lite0"  # the base encoder, a name from core.encoder.model.list_encoders()
     )
     batch_size: int = 32  # images per encoder forward pass
+    precision: str = "auto"  # a new base version's tower arithmetic (core.encoder.precision)
+    ingest_workers: int = 2  # threads that read, decode, hash and resize while the tower runs
     images: ImageLimits = field(default_factory=ImageLimits)
     index: IndexSettings = field(default_factory=IndexSettings)
 
@@ -135,6 +138,7 @@ def load_settings(
     - file: TOML at `config_file` or `$LOOKALIKE_CONFIG` (top-level keys as in `Settings`,
       `[images]` and `[index]` tables);
     - environment: `LOOKALIKE_DATA` (data directory), `LOOKALIKE_ENCODER`,
+      `LOOKALIKE_PRECISION` (auto | fp32 | bf16, for versions created from now on),
       `LOOKALIKE_CHROMA_HOST` / `LOOKALIKE_CHROMA_PORT` (use a Chroma server);
     - arguments: `data_dir` and any top-level `Settings` field as a keyword.
     """
@@ -151,6 +155,8 @@ def load_settings(
         settings = replace(settings, data_dir=Path(env[DATA_ENV]))
     if env.get("LOOKALIKE_ENCODER"):
         settings = replace(settings, encoder=env["LOOKALIKE_ENCODER"])
+    if env.get("LOOKALIKE_PRECISION"):
+        settings = replace(settings, precision=env["LOOKALIKE_PRECISION"])
     if env.get("LOOKALIKE_CHROMA_HOST"):
         host = env["LOOKALIKE_CHROMA_HOST"]
         settings = replace(settings, index=replace(settings.index, host=host))
@@ -169,4 +175,10 @@ def load_settings(
         settings = replace(settings, **overrides)
     if settings.batch_size < 1:
         raise ConfigError("batch_size must be at least 1.")
+    if settings.ingest_workers < 1:
+        raise ConfigError("ingest_workers must be at least 1.")
+    if settings.precision not in ("auto", *PRECISIONS):
+        raise ConfigError(
+            f"precision must be auto or one of {', '.join(PRECISIONS)}, not {settings.precision!r}."
+        )
     return settings

@@ -19,19 +19,26 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from core.choices import DEMO_SETS
 from core.config import Settings
 from core.encoder.model import Encoder, load_encoder
+from core.encoder.precision import resolve_precision
+from core.encoder.registry import get_encoder_spec
 from core.encoder.versions import load_heads, load_tower
 from core.errors import LookalikeError
 from core.files import atomic_write
-from core.gallery.demo import DEMO_EXTENSIONS, fetch_demo_stamps
+from core.gallery.demo import DEMO_EXTENSIONS, DemoDataError, fetch_demo_stamps
+from core.gallery.fashion import fashion_mnist_files
 from core.gallery.images import IMAGE_EXTENSIONS, LoadedImage, load_image
 from core.gallery.ingest import (
+    Candidate,
     IngestReport,
     Progress,
+    Rejected,
     file_name_for,
     ingest,
     iter_candidates,
+    labelled_candidates,
     sync_index,
 )
 from core.search.index import Hit, VectorIndex
@@ -95,7 +102,10 @@ class Studio:
     ) -> None:
         self.settings = settings
         self.store = Store(settings.catalog_path)
-        self.store.ensure_base_version(settings.encoder)
+        self.store.ensure_base_version(
+            settings.encoder,
+            resolve_precision(settings.precision, get_encoder_spec(settings.encoder)),
+        )
         self.index = index if index is not None else VectorIndex.from_settings(settings)
         self._load_encoder = encoder_loader
         self._load_heads = heads_loader
@@ -105,11 +115,19 @@ class Studio:
     def active_version(self) -> ModelVersion:
         return self.store.active_version()
 
+    def precision(self, version: ModelVersion) -> str:
+        """The arithmetic `version`'s vectors were computed in: recorded on its base's card
+        (children run their lineage's tower); versions from before precisions were fp32."""
+        while "precision" not in version.card and version.parent is not None:
+            version = self.store.get_model_version(version.parent)
+        return str(version.card.get("precision", "fp32"))
+
     def encoder(self, version: ModelVersion | None = None) -> Encoder:
-        """The encoder that produced `version`'s vectors (default: the active version)."""
+        """The encoder that produced `version`'s vectors (default: the active version), in the
+        same precision, so queries are encoded as the index was."""
         version = version or self.active_version()
         if version.version not in self._encoders:
-            base = self._load_encoder(version.encoder)
+            base = self._load_encoder(version.encoder).with_precision(self.precision(version))
             if towers := version.card.get("tower", []):  # partial / full: tuned tower weights
                 base = self._load_tower(base, self.settings.models_dir, towers)
             heads = version.card.get("heads", [])
@@ -219,19 +237,10 @@ class Studio:
         progress: Progress | None = None,
     ) -> IngestReport:
         """Files, folders and zips into the catalog and the active version's index."""
-        candidates = list(
-            iter_candidates(paths, label_from_folders=label_from_folders, extensions=extensions)
+        candidates = iter_candidates(
+            paths, label_from_folders=label_from_folders, extensions=extensions
         )
-        version = self.active_version()
-        return ingest(
-            candidates,
-            settings=self.settings,
-            store=self.store,
-            index=self.index,
-            encoder=self.encoder(version),
-            version=version.version,
-            progress=progress,
-        )
+        return self._ingest_candidates(list(candidates), progress)
 
     def ingest_uploads(
         self,
@@ -253,11 +262,42 @@ class Studio:
                 paths.append(target)
             return self.ingest(paths, label_from_folders=label_from_folders, progress=progress)
 
-    def demo_data(self, progress: Progress | None = None) -> IngestReport:
-        """Fetch the Debian stamps (once) and ingest them with folder labels (idempotent)."""
+    def demo_data(
+        self,
+        progress: Progress | None = None,
+        *,
+        dataset: str = DEMO_SETS[0],
+        limit: int | None = None,
+    ) -> IngestReport:
+        """Fetch a demo set's Debian package (once) and ingest it (idempotent): `tuxpaint`, the
+        stamps with folder labels; `fashion-mnist`, its images as PNGs labelled with the class
+        names, `limit` of them (spread evenly over the classes) or all 70,000."""
+        if dataset not in DEMO_SETS:
+            raise DemoDataError(f"Unknown demo set {dataset!r}; choose {', '.join(DEMO_SETS)}.")
+        if dataset == "fashion-mnist":
+            files = fashion_mnist_files(self.settings.demo_dir, limit)
+            return self._ingest_candidates(list(labelled_candidates(files)), progress)
+        if limit is not None:
+            raise DemoDataError(f"A limit applies to fashion-mnist only, not to {dataset}.")
         stamps = fetch_demo_stamps(self.settings.demo_dir)
         return self.ingest(
             [stamps], label_from_folders=True, extensions=DEMO_EXTENSIONS, progress=progress
+        )
+
+    def _ingest_candidates(
+        self, candidates: Sequence[Candidate | Rejected], progress: Progress | None
+    ) -> IngestReport:
+        """Candidates (files with folder labels, or with labels known up front) into the
+        catalog and the active version's index."""
+        version = self.active_version()
+        return ingest(
+            candidates,
+            settings=self.settings,
+            store=self.store,
+            index=self.index,
+            encoder=self.encoder(version),
+            version=version.version,
+            progress=progress,
         )
 
     def reindex(self, version: str | None = None, progress: Progress | None = None) -> int:

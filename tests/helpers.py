@@ -7,13 +7,16 @@ imports from another.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import math
 import os
 import sqlite3
+import struct
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +85,66 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# Fashion-MNIST's labels 0-9 as its README names them, written out by hand.
+FASHION_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+FASHION_IDX_DIR = Path("usr/share/datasets/fashion-mnist")  # in the .deb, as `dpkg -c` lists it
+
+
+def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
+    """`array` in the IDX format as the MNIST page describes it: 0, 0, the type code, the number
+    of dimensions, each dimension as a big-endian uint32, then the values big-endian."""
+    header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def fake_fashion_mnist(idx_dir: Path, per_class: tuple[int, int] = (3, 1)) -> np.ndarray:
+    """Write a small Fashion-MNIST into `idx_dir`, gzipped as Debian ships it: `per_class[0]`
+    random 28x28 images of each class in the train files and `per_class[1]` in the t10k ones,
+    classes shuffled. Returns the labels, train first."""
+    rng = np.random.default_rng(0)
+    idx_dir.mkdir(parents=True, exist_ok=True)
+    labels = []
+    for part, count in zip(("train", "t10k"), per_class, strict=True):
+        classes = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), count))
+        pixels = rng.integers(0, 256, (len(classes), 28, 28), dtype=np.uint8)
+        (idx_dir / f"{part}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(pixels)))
+        (idx_dir / f"{part}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(classes)))
+        labels.append(classes)
+    return np.concatenate(labels)
+
+
+class FakeFashionApt:
+    """A `run` for `fetch_package`: `apt-get download P` leaves a placeholder `P_1.0_all.deb`
+    in the working directory, `dpkg -x DEB DIR` writes `fake_fashion_mnist` where the real
+    package keeps its IDX files. Records the commands."""
+
+    def __init__(self, per_class: tuple[int, int] = (3, 1)) -> None:
+        self.per_class = per_class
+        self.calls: list[list[str]] = []
+
+    def __call__(self, command: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+        command = list(command)
+        self.calls.append(command)
+        if command[0] == "apt-get" and "download" in command:
+            (Path(cwd) / f"{command[-1]}_1.0_all.deb").write_bytes(b"!<arch>\nfake deb")
+        elif command[:2] == ["dpkg", "-x"]:
+            fake_fashion_mnist(Path(cwd, command[3]) / FASHION_IDX_DIR, self.per_class)
+        else:
+            raise AssertionError(f"unexpected command {command}")
+        return subprocess.CompletedProcess(command, 0, stdout="", stderr="")
 
 
 def run_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -39,8 +39,8 @@ LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (0, ("core.errors", "core.choices", "core.files", "core.config")),
     # 1 backends: each wraps one third-party library (SQLite, Pillow, open_clip/timm, chromadb)
     (1, ("core.store", "core.gallery.images", "core.encoder", "core.search")),
-    # 2 pipelines: compose backends (ingest: reader -> mapper -> writer; the demo data set)
-    (2, ("core.gallery.ingest", "core.gallery.demo")),
+    # 2 pipelines: compose backends (ingest: reader -> mapper -> writer; the demo data sets)
+    (2, ("core.gallery.ingest", "core.gallery.demo", "core.gallery.fashion")),
     # 3 the facade: `Studio` over one data directory
     (3, ("core.studio",)),
     # 4 workflows that measure: metrics, evaluation, online metrics, projection, simulation
@@ -78,6 +78,7 @@ CLI_CHOICES = {  # (sub-command, option) -> the tuple in core.choices it must of
     ("train", "--mode"): "TRAIN_MODES",
     ("project", "--method"): "PROJECTION_METHODS",
     ("export-interactions", "--format"): "EXPORT_FORMATS",
+    ("demo-data", "--set"): "DEMO_SETS",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,11 +13,16 @@ import pandas as pd
 import pytest
 
 from core.config import load_settings
+from core.gallery import demo
+from core.gallery.fashion import FASHION_DIR, FASHION_PACKAGE
 from core.search.index import VectorIndex
 from core.store import Store
 from tests.helpers import (
+    FASHION_IDX_DIR,
+    FASHION_NAMES,
     GALLERY_LABELS,
     SEED_COLUMNS,
+    FakeFashionApt,
     generated_image,
     raw,
     reference_metrics,
@@ -123,3 +129,22 @@ def test_export_interactions_writes_the_seeds_column_names(
         assert set(back["InteractionType"]) >= {"impression"}
     header = (tmp_path / "log.csv").read_text(encoding="utf-8").splitlines()[0]
     assert header.split(",") == seed_columns
+
+
+def test_demo_data_fashion_mnist_limit_ingests_two_of_each_class_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    monkeypatch.setattr(demo.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    fake = FakeFashionApt(per_class=(4, 1))  # 50 images; the CLI then finds them fetched
+    demo.fetch_package(data / "demo" / FASHION_DIR, FASHION_PACKAGE, FASHION_IDX_DIR, run=fake)
+
+    args = ("demo-data", "--set", "fashion-mnist", "--limit", "20")
+    first, second = run_json(data, *args), run_json(data, *args)
+
+    assert first == {"added": 20, "duplicates": 0, "rejected": []}
+    assert second == {"added": 0, "duplicates": 20, "rejected": []}
+    rows = raw(load_settings(data, environ={}).catalog_path, "SELECT label, split FROM images")
+    assert Counter(label for label, _ in rows) == {name: 2 for name in FASHION_NAMES}
+    assert {split for _, split in rows} <= {"train", "test"}
+    assert len(list((data / "demo" / FASHION_DIR / "png").rglob("*.png"))) == 20

@@ -1,5 +1,9 @@
 """`Encoder`: an open_clip model in eval mode with its preprocessing; images in, (n, d) float32
-unit vectors out. `load_encoder` builds one from the registry (`core.encoder.registry`)."""
+unit vectors out. `load_encoder` builds one from the registry (`core.encoder.registry`).
+
+The tower's weights are kept `channels_last` (2x faster convolutions on CPU, measured) and its
+inference runs in the encoder's `precision` (`core.encoder.precision`): fp32, or bf16 autocast
+on CPUs that have it natively. Training (`features` with gradients) always runs in fp32."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.choices import PRECISIONS
 from core.encoder.heads import apply_heads, head_taps
 from core.encoder.registry import (
     DEFAULT_ENCODER,
@@ -36,6 +41,7 @@ class Encoder:
         self.model: Any = model.eval()  # an open_clip CLIP; typed loosely (no stubs)
         self.preprocess = preprocess
         self.heads: tuple[torch.nn.Module, ...] = ()  # fine-tuned adapters, applied in order
+        self.precision = "fp32"  # inference arithmetic: "fp32" or "bf16" (`with_precision`)
         self.dim = int(spec.config["embed_dim"]) if spec.config else self._probe_dim()
 
     def with_heads(self, heads: Sequence[torch.nn.Module]) -> Encoder:
@@ -44,6 +50,16 @@ class Encoder:
         adapted = copy.copy(self)
         adapted.heads = tuple(head.eval() for head in heads)
         return adapted
+
+    def with_precision(self, precision: str) -> Encoder:
+        """The same model whose inference (`encode`, `encode_pixels`) runs in `precision`, one
+        of `core.choices.PRECISIONS` as resolved by `core.encoder.precision`; this encoder is
+        left unchanged."""
+        if precision not in PRECISIONS:
+            raise EncoderError(f"Unknown precision {precision!r}.")
+        changed = copy.copy(self)
+        changed.precision = precision
+        return changed
 
     def with_tower(self, states: Sequence[Mapping[str, torch.Tensor]]) -> Encoder:
         """A copy whose image tower carries fine-tuned weights (a version in `partial` or
@@ -94,18 +110,36 @@ class Encoder:
         features: torch.Tensor = visual.head(trunk.forward_head(trunk.bn2(trunk.conv_head(x))))
         return features, torch.cat(taps, dim=1)
 
-    def features(self, batch: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) preprocessed pixels -> (B, d) raw image features (gradients allowed)."""
-        if not self.heads:
-            features: torch.Tensor = self.model.encode_image(batch)
-            return features
-        # heads were trained on the unit vectors the parent indexes, and the tower's taps
+    def _tower(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The tower's raw features, and its stage taps when a head needs them (else None)."""
         if any(head_taps(head) for head in self.heads):
-            features, taps = self.tapped(batch)
-        else:  # heads from before the taps
-            features, taps = self.model.encode_image(batch), torch.zeros(len(batch), 0)
+            return self.tapped(batch)
+        return self.model.encode_image(batch), None
+
+    def _adapt(self, features: torch.Tensor, taps: torch.Tensor | None) -> torch.Tensor:
+        """The heads on the tower's output: they were trained on the unit vectors the parent
+        indexes (and the tower's taps), in fp32."""
+        if not self.heads:
+            return features
         features = torch.nn.functional.normalize(features.float(), dim=-1)
+        taps = torch.zeros(len(features), 0) if taps is None else taps.float()
         return apply_heads(self.heads, features, taps)
+
+    def features(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed pixels -> (B, d) raw image features (gradients allowed,
+        fp32)."""
+        return self._adapt(*self._tower(batch))
+
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """(B, 3, H, W) preprocessed pixels (`preprocess` of each image) -> (B, d) float32
+        unit-norm embeddings, without gradients; the tower runs in the encoder's precision."""
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            bf16 = self.precision == "bf16"
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                features, taps = self._tower(pixels)
+            features = self._adapt(features.float(), taps)
+            return torch.nn.functional.normalize(features.float(), dim=-1).numpy()
 
     def encode(
         self,
@@ -120,14 +154,12 @@ class Encoder:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1.")
         out = np.zeros((len(images), self.dim), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                chunk = images[start : start + batch_size]
-                pixels = torch.stack([self.preprocess(img) for img in chunk])  # (B, 3, H, W)
-                feats = torch.nn.functional.normalize(self.features(pixels).float(), dim=-1)
-                out[start : start + len(chunk)] = feats.numpy()
-                if progress is not None:
-                    progress(start + len(chunk), len(images))
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            pixels = torch.stack([self.preprocess(img) for img in chunk])  # (B, 3, H, W)
+            out[start : start + len(chunk)] = self.encode_pixels(pixels)
+            if progress is not None:
+                progress(start + len(chunk), len(images))
         return out
 
 
@@ -147,4 +179,5 @@ def load_encoder(name: str = DEFAULT_ENCODER, *, seed: int = 0) -> Encoder:
         missing, unexpected = trunk.load_state_dict(weights, strict=False)
         if unexpected or any(not key.startswith("classifier") for key in missing):
             raise EncoderError(f"ImageNet weights did not fit the trunk: {missing} {unexpected}.")
+    model.visual.to(memory_format=torch.channels_last)
     return Encoder(spec, model, preprocess)

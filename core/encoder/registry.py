@@ -70,6 +70,8 @@ class EncoderSpec:
     config: dict[str, Any] | None = None  # a model config registered with open_clip on first use
     image_mean: tuple[float, ...] | None = None  # preprocessing override (z-score)
     image_std: tuple[float, ...] | None = None
+    # bf16 vectors rank like fp32 ones (evaluate within 0.5 %, measured): `auto` may pick bf16
+    bf16_checked: bool = False
 
 
 _TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
@@ -98,6 +100,7 @@ _ENCODERS: dict[str, EncoderSpec] = {
             # These TF-ported weights expect inputs scaled to [-1, 1].
             image_mean=(0.5, 0.5, 0.5),
             image_std=(0.5, 0.5, 0.5),
+            bf16_checked=True,  # README, "Precision": the demo gallery's evaluate, bf16 vs fp32
         ),
         EncoderSpec(
             name="tiny-test",

@@ -160,6 +160,16 @@ def thumbnail_bytes(img: Image.Image, size: int) -> bytes:
     return buffer.getvalue()
 
 
+def grey_png_bytes(pixels: np.ndarray) -> bytes:
+    """An (H, W) uint8 array as a greyscale PNG. Deterministic (no metadata, fixed settings):
+    the same pixels give the same bytes, so a file written again keeps its id."""
+    if pixels.ndim != 2 or pixels.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W) uint8 array, got {pixels.shape} {pixels.dtype}")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")  # uint8 (H, W): mode "L"
+    return buffer.getvalue()
+
+
 def _label(name: str | None) -> str:
     """How messages refer to the input: its quoted name, or "The file" when it has none."""
     return f"'{name}'" if name else "The file"

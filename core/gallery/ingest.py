@@ -1,23 +1,33 @@
 """Ingest: files, folders and zip archives into the catalog and a version's index.
 
-A pipeline in three parts, composed by `ingest()` so tests can swap any of them:
-reader (`iter_candidates`: paths -> candidates, lazily read) -> mapper (decode, validate, hash,
-write the content-addressed copy and thumbnail) -> writer (encode a batch, upsert it into the
-index, then commit its catalog rows). The catalog is the source of truth: an image is in the
-gallery once its row is committed, which happens only after its vector is in the index. A run
-killed half-way therefore leaves at worst index vectors without rows; `sync_index` (run at
-the start of every ingest) deletes those and embeds any catalogued image the index lacks.
+A pipeline in four parts that overlap, composed by `ingest()`: reader (`iter_candidates`:
+paths -> candidates, lazily read) -> mapper (worker threads, a bounded two batches ahead:
+decode, validate, hash, write the content-addressed copy and thumbnail, preprocess) -> encoder
+(the calling thread: dedupe, run the tower on a batch) -> writer (a thread of its own: upsert
+large batches into the index, then commit their catalog rows). So the tower never waits for
+files, and memory stays bounded whatever the gallery size. The catalog is the source of truth:
+an image is in the gallery once its row is committed, which happens only after its vector is
+in the index. A run killed half-way therefore leaves at worst index vectors without rows;
+`sync_index` (run at the start of every ingest) deletes those and embeds any catalogued image
+the index lacks.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
+import numpy as np
+import torch
 from PIL import Image
 
 from core.config import Settings
@@ -36,6 +46,8 @@ from core.store import ImageRecord, Store, split_for
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (done, total)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,14 @@ def iter_candidates(
             yield Rejected(str(path), f"{path} does not exist.")
 
 
+def labelled_candidates(files: Mapping[Path, str]) -> Iterator[Candidate]:
+    """The reader for files whose labels are known up front rather than read from folders (a
+    data set's own class names, which need not be folder names: Fashion-MNIST's `T-shirt/top`):
+    one candidate per file, in the mapping's order. A missing file is rejected when read."""
+    for path, label in files.items():
+        yield Candidate(str(path), path.name, label, _read_file(path))
+
+
 def file_name_for(loaded: LoadedImage, original_name: str) -> str:
     """Content-addressed relative path: `ab/abcdef….png`."""
     suffix = Path(original_name).suffix.lower()
@@ -150,22 +170,6 @@ def store_files(settings: Settings, loaded: LoadedImage, file: str) -> None:
     thumb = settings.thumbs_dir / f"{loaded.id[:2]}/{loaded.id}.jpg"
     if not thumb.exists():
         atomic_write(thumb, thumbnail_bytes(loaded.image, settings.images.thumb_size))
-
-
-def _commit_batch(
-    batch: list[tuple[ImageRecord, Image.Image]],
-    store: Store,
-    index: VectorIndex,
-    encoder: Encoder,
-    version: str,
-    batch_size: int,
-) -> int:
-    """The writer: vectors into the index first, then catalog rows (see the module doc)."""
-    if not batch:
-        return 0
-    embeddings = encoder.encode([image for _, image in batch], batch_size=batch_size)  # (B, d)
-    index.upsert(version, [record.id for record, _ in batch], embeddings)
-    return store.add_images(record for record, _ in batch)
 
 
 def sync_index(
@@ -194,19 +198,28 @@ def sync_index(
     return len(missing), len(orphans)
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A decoded, validated and stored image, with the tower's input ready."""
+
+    record: ImageRecord
+    pixels: torch.Tensor  # (3, H, W), the encoder's `preprocess` of the image
+
+
 def _prepare(
-    candidate: Candidate, settings: Settings, store: Store, seen: set[str], report: IngestReport
-) -> tuple[ImageRecord, Image.Image] | None:
-    """The mapper: decode and validate, skip duplicates, write the content-addressed files."""
+    candidate: Candidate | Rejected,
+    settings: Settings,
+    preprocess: Callable[[Image.Image], torch.Tensor],
+) -> _Prepared | Rejected:
+    """The mapper (on a worker thread): read, decode and validate, hash, write the
+    content-addressed files, preprocess. A duplicate writes nothing new (same content, same
+    path) and is recognised by the caller."""
+    if isinstance(candidate, Rejected):
+        return candidate
     try:
         loaded = load_image(candidate.read(), limits=settings.images, name=candidate.name)
     except (ImageError, OSError) as exc:
-        report.rejected.append(Rejected(candidate.source, str(exc)))
-        return None
-    if loaded.id in seen or store.existing_ids([loaded.id]):
-        report.duplicates += 1
-        return None
-    seen.add(loaded.id)
+        return Rejected(candidate.source, str(exc))
     file = file_name_for(loaded, candidate.name)
     store_files(settings, loaded, file)
     record = ImageRecord(
@@ -219,7 +232,72 @@ def _prepare(
         file=file,
         source=candidate.source,
     )
-    return record, loaded.image
+    return _Prepared(record, preprocess(loaded.image))
+
+
+def _ahead(pool: Executor, items: Iterable[T], work: Callable[[T], R], depth: int) -> Iterator[R]:
+    """`work(item)` for each item, in order, at most `depth` items ahead of the consumer (so
+    memory stays bounded however many items there are)."""
+    pending: deque[Future[R]] = deque()
+    for item in items:
+        pending.append(pool.submit(work, item))
+        if len(pending) > depth:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+class _IndexWriter:
+    """The writer, on a thread of its own: it gathers encoded batches into large index writes
+    (`settings.index.batch_size` vectors), upserts them, then commits their catalog rows
+    (vectors first: see the module doc), while the caller encodes the next batches. An error
+    here is raised in the caller at its next `put` or at `close`."""
+
+    def __init__(self, store: Store, index: VectorIndex, version: str, flush_at: int) -> None:
+        self._store, self._index, self._version, self._flush_at = store, index, version, flush_at
+        self._queue: queue.Queue[tuple[list[ImageRecord], np.ndarray] | None] = queue.Queue(2)
+        self._error: BaseException | None = None
+        self.added = 0
+        self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
+        self._thread.start()
+
+    def _write(self, records: list[ImageRecord], vectors: list[np.ndarray]) -> None:
+        if records:
+            self._index.upsert(self._version, [r.id for r in records], np.concatenate(vectors))
+            self.added += self._store.add_images(records)
+
+    def _run(self) -> None:
+        records: list[ImageRecord] = []
+        vectors: list[np.ndarray] = []
+        item = self._queue.get()
+        try:
+            while item is not None:
+                records.extend(item[0])
+                vectors.append(item[1])
+                if len(records) >= self._flush_at:
+                    self._write(records, vectors)
+                    records, vectors = [], []
+                item = self._queue.get()
+            self._write(records, vectors)
+        except BaseException as exc:  # handed to the caller; the rest of the queue is dropped
+            self._error = exc
+            while item is not None:
+                item = self._queue.get()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, records: list[ImageRecord], vectors: np.ndarray) -> None:
+        self._raise()
+        self._queue.put((records, vectors))
+
+    def close(self) -> int:
+        """Write what is left, wait for it; returns the rows added."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+        return self.added
 
 
 def ingest(
@@ -232,22 +310,46 @@ def ingest(
     version: str,
     progress: Progress | None = None,
 ) -> IngestReport:
-    """Run the pipeline over `candidates`; one bad file is reported and never sinks the batch."""
+    """Run the pipeline over `candidates`; one bad file is reported and never sinks the batch.
+
+    Worker threads read, decode, hash, store and preprocess up to two batches ahead; this
+    thread dedupes and runs the tower; the writer thread writes the index and the catalog."""
     report = IngestReport()
     sync_index(settings, store, index, encoder, version)
     seen: set[str] = set()
-    batch: list[tuple[ImageRecord, Image.Image]] = []
+    batch: list[_Prepared] = []
     total = len(candidates)
-    for done, candidate in enumerate(candidates, start=1):
-        if isinstance(candidate, Rejected):
-            report.rejected.append(candidate)
-        elif (prepared := _prepare(candidate, settings, store, seen, report)) is not None:
-            batch.append(prepared)
-        if len(batch) >= settings.batch_size or done == total:
-            report.added += _commit_batch(
-                batch, store, index, encoder, version, settings.batch_size
-            )
-            batch = []
-        if progress is not None:
-            progress(done, total)
+    writer = _IndexWriter(store, index, version, settings.index.batch_size)
+
+    def encode(batch: list[_Prepared]) -> None:
+        known = set(store.existing_ids([item.record.id for item in batch]))
+        fresh = []
+        for item in batch:
+            if item.record.id in seen or item.record.id in known:
+                report.duplicates += 1
+            else:
+                seen.add(item.record.id)
+                fresh.append(item)
+        if fresh:
+            vectors = encoder.encode_pixels(torch.stack([item.pixels for item in fresh]))
+            writer.put([item.record for item in fresh], vectors)
+
+    def prepare(candidate: Candidate | Rejected) -> _Prepared | Rejected:
+        return _prepare(candidate, settings, encoder.preprocess)
+
+    try:
+        with ThreadPoolExecutor(settings.ingest_workers, thread_name_prefix="ingest") as pool:
+            prepared = _ahead(pool, candidates, prepare, 2 * settings.batch_size)
+            for done, outcome in enumerate(prepared, start=1):
+                if isinstance(outcome, Rejected):
+                    report.rejected.append(outcome)
+                else:
+                    batch.append(outcome)
+                if len(batch) >= settings.batch_size or done == total:
+                    encode(batch)
+                    batch = []
+                if progress is not None:
+                    progress(done, total)
+    finally:
+        report.added = writer.close()
     return report

@@ -193,8 +193,9 @@ class Store(Database):
 
     # --- model versions -----------------------------------------------------------------
 
-    def ensure_base_version(self, encoder: str) -> ModelVersion:
-        """Register `base` (active) at first start; later calls return the active version."""
+    def ensure_base_version(self, encoder: str, precision: str = "fp32") -> ModelVersion:
+        """Register `base` (active) at first start, its vectors computed in `precision`; later
+        calls return the active version."""
         with self.connect() as conn:
             if (
                 conn.execute(
@@ -205,7 +206,11 @@ class Store(Database):
                 has_active = conn.execute(
                     "SELECT 1 FROM model_versions WHERE active = 1"
                 ).fetchone()
-                card = {"encoder": encoder, "note": "the shipped encoder, no fine-tuning"}
+                card = {
+                    "encoder": encoder,
+                    "precision": precision,
+                    "note": "the shipped encoder, no fine-tuning",
+                }
                 conn.execute(
                     "INSERT INTO model_versions VALUES (?, ?, NULL, ?, ?, ?)",
                     (BASE_VERSION, encoder, 0 if has_active else 1, utc_now(), json.dumps(card)),

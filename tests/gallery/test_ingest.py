@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core.encoder.model import Encoder
-from core.gallery.ingest import Candidate, Rejected, ingest, iter_candidates, sync_index
+from core.gallery.images import load_image
+from core.gallery.ingest import (
+    Candidate,
+    Rejected,
+    _ahead,
+    ingest,
+    iter_candidates,
+    sync_index,
+)
 from core.studio import Studio
 from tests.helpers import GALLERY_LABELS, generated_image
 
@@ -130,6 +141,7 @@ def test_crash_mid_ingest_leaves_catalog_a_subset_of_the_index(
 ) -> None:
     """Kill the run inside the second batch's catalog write: committed rows all have vectors."""
     candidates = list(iter_candidates([make_gallery(per_label=5)], label_from_folders=True))
+    small_writes = replace(studio.settings.index, batch_size=studio.settings.batch_size)
     calls = {"n": 0}
     real_add = studio.store.add_images
 
@@ -143,7 +155,7 @@ def test_crash_mid_ingest_leaves_catalog_a_subset_of_the_index(
     with pytest.raises(KeyboardInterrupt):
         ingest(
             candidates,
-            settings=studio.settings,
+            settings=replace(studio.settings, index=small_writes),
             store=studio.store,
             index=studio.index,
             encoder=tiny_encoder,
@@ -155,3 +167,67 @@ def test_crash_mid_ingest_leaves_catalog_a_subset_of_the_index(
     report = studio.ingest([c.source for c in candidates if isinstance(c, Candidate)])
     assert studio.store.count_images() == 20 == studio.index.count("base")
     assert report.added == 20 - len(catalogued)
+
+
+def test_the_pipeline_gives_the_vectors_a_plain_encode_gives(
+    studio: Studio, make_gallery: Callable[..., Path], tiny_encoder: Encoder
+) -> None:
+    """Worker threads, batches and large index writes change the order of work, never the
+    vectors: each image's vector is what `Encoder.encode` gives for it alone."""
+    root = make_gallery(per_label=6)
+    settings = replace(studio.settings, ingest_workers=3, batch_size=5)
+    candidates = list(iter_candidates([root], label_from_folders=True))
+    report = ingest(
+        candidates,
+        settings=settings,
+        store=studio.store,
+        index=studio.index,
+        encoder=tiny_encoder,
+        version="base",
+    )
+    assert report.added == 6 * len(GALLERY_LABELS) and not report.rejected
+    records = studio.store.list_images()
+    assert sorted(r.source for r in records) == sorted(c.source for c in candidates)
+    ids, vectors = studio.index.get_embeddings("base", [r.id for r in records])
+    by_id = dict(zip(ids, vectors, strict=True))
+    for record in records:
+        [alone] = tiny_encoder.encode([load_image(studio.image_path(record).read_bytes()).image])
+        np.testing.assert_allclose(by_id[record.id], alone, atol=1e-5)
+
+
+def test_a_failing_index_write_fails_the_ingest_and_commits_no_row_without_a_vector(
+    studio: Studio, make_gallery: Callable[..., Path], tiny_encoder: Encoder
+) -> None:
+    candidates = list(iter_candidates([make_gallery(per_label=4)], label_from_folders=True))
+
+    def refuse(*args: object) -> None:
+        raise RuntimeError("index unavailable")
+
+    studio.index.upsert = refuse  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="index unavailable"):
+        ingest(
+            candidates,
+            settings=studio.settings,
+            store=studio.store,
+            index=studio.index,
+            encoder=tiny_encoder,
+            version="base",
+        )
+    assert studio.store.count_images() == 0
+
+
+def test_work_runs_at_most_depth_items_ahead_of_the_consumer() -> None:
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(item: int) -> int:
+        with lock:
+            started.append(item)
+        return item * 2
+
+    with ThreadPoolExecutor(2) as pool:
+        out = []
+        for value in _ahead(pool, range(100), work, depth=4):
+            out.append(value)
+            assert len(started) <= len(out) + 4 + 1  # submitted: consumed + depth (+ the next)
+    assert out == [2 * i for i in range(100)]
