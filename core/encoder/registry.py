@@ -32,6 +32,7 @@ from unittest import mock
 from urllib.parse import urlparse
 
 import open_clip
+import timm
 import torch
 from PIL import Image
 
@@ -192,6 +193,12 @@ def efficientnet_lite0_state_dict() -> OrderedDict[str, torch.Tensor]:
             )
         renamed[dst_key] = tensor
     return renamed
+
+
+def reference_trunk() -> torch.nn.Module:
+    """The yardstick of the ingest target: timm's `efficientnet_lite0` trunk as anyone would
+    first run it (random init: speed does not depend on the weights), fp32, in eval mode."""
+    return timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0).eval()
 
 
 def imagenet_head() -> torch.nn.Linear:

@@ -16,12 +16,17 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
 
+from core.encoder.model import Encoder
+from core.encoder.registry import reference_trunk
 from core.gallery.demo import DEMO_EXTENSIONS
 from core.gallery.images import load_image
 from core.gallery.ingest import Candidate, iter_candidates
@@ -30,8 +35,33 @@ from core.store import ImageRecord, Store
 from core.studio import Studio
 
 
-def bench_ingest(studio: Studio, folder: Path, n_images: int) -> dict[str, float]:
-    """Ingest up to `n_images` PNGs of `folder` into a temporary data directory."""
+def images_per_s(forward: Callable[[torch.Tensor], object], size: int, batch: int = 32) -> float:
+    """Forward passes per second of `forward` on (batch, 3, size, size) pixels, after a
+    warm-up, over at least 3 batches and 3 seconds (torch threads: as set, the cores)."""
+    pixels = torch.randn(batch, 3, size, size)
+    with torch.inference_mode():
+        forward(pixels)  # warm-up: oneDNN picks its kernels on the first pass
+        started, passes = time.perf_counter(), 0
+        while passes < 3 or time.perf_counter() - started < 3:
+            forward(pixels)
+            passes += 1
+    return batch * passes / (time.perf_counter() - started)
+
+
+def bench_forward(encoder: Encoder) -> dict[str, float | str]:
+    """The tower's own speed in the encoder's precision (channels_last, autocast as chosen)
+    beside the reference: timm's efficientnet_lite0, NCHW, fp32, no autocast, batch 32."""
+    size = int(encoder.preprocess(Image.new("RGB", (8, 8))).shape[-1])
+    return {
+        "precision": encoder.precision,
+        "encoder_images_per_s": round(images_per_s(encoder.encode_pixels, size), 1),
+        "encoder_fp32_images_per_s": round(images_per_s(reference_trunk(), 224), 1),
+    }
+
+
+def bench_ingest(studio: Studio, folder: Path, n_images: int) -> dict[str, float | str]:
+    """Ingest up to `n_images` PNGs of `folder` into a temporary data directory (a new base
+    in this machine's precision), beside the forward speeds it is measured against."""
     candidates = [
         c for c in iter_candidates([folder], extensions=DEMO_EXTENSIONS) if isinstance(c, Candidate)
     ]
@@ -45,12 +75,17 @@ def bench_ingest(studio: Studio, folder: Path, n_images: int) -> dict[str, float
         started = time.perf_counter()
         report = scratch.ingest([c.source for c in sample])
         seconds = time.perf_counter() - started
+        forward = bench_forward(scratch.encoder())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    rate = report.added / seconds
     return {
         "ingest_images": report.added,
         "ingest_seconds": round(seconds, 2),
-        "ingest_images_per_s": round(report.added / seconds, 1),
+        "ingest_images_per_s": round(rate, 1),
+        **forward,
+        "ingest_vs_encoder": round(rate / float(forward["encoder_images_per_s"]), 3),
+        "ingest_vs_fp32_reference": round(rate / float(forward["encoder_fp32_images_per_s"]), 3),
     }
 
 
@@ -179,9 +214,9 @@ def run_bench(
     n_queries: int,
     k: int = 10,
     umap: bool = False,
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """All figures; ingest only when a folder of images is at hand, UMAP only when asked."""
-    figures: dict[str, float] = {"gallery_images": studio.store.count_images()}
+    figures: dict[str, float | str] = {"gallery_images": studio.store.count_images()}
     figures.update(bench_log())
     figures.update(bench_recall(studio, k))
     figures.update(bench_search(studio, n_queries, k))
