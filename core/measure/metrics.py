@@ -10,8 +10,9 @@ the split. Every function takes the relevance of the ranked lists, not the items
   Lists may be shorter than `k` (`L < k`): missing positions count as non-relevant.
 - `n_relevant` `(Q,)`: |R|, the number of the query's relevant items in the whole split,
   retrieved or not. It can never be smaller than the relevant items present in `rel`.
-- `ideal_gains` `(Q, M)`: the gains of all of each query's relevant items, in any order,
-  zero-padded; nDCG's ideal ordering is built from these, not from what was retrieved.
+- `ideal_gains` `(Q, M)`: the gains of each query's relevant items, in any order, zero-padded;
+  nDCG's ideal ordering is built from these, not from what was retrieved. IDCG@k needs only the
+  k largest, so a row may hold just its M largest gains when |R| > M, good for cutoffs k <= M.
 
 Queries with no relevant item anywhere are left out of the means and counted in `n_excluded`.
 """
@@ -34,9 +35,9 @@ BoolArray = npt.NDArray[np.bool_]
 # --- argument checks -------------------------------------------------------------------------
 
 
-def _check_k(k: int) -> int:
+def _check_k(k: int, name: str = "k") -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        raise ValueError(f"{name} must be an integer >= 1, got {k!r}")
     return int(k)
 
 
@@ -76,6 +77,24 @@ def _as_counts(n_relevant: npt.ArrayLike, rel: FloatArray) -> IntArray:
             " items; n_relevant must count all of the query's relevant items (was R truncated?)"
         )
     return counts
+
+
+def _check_ideal(ideal: FloatArray, n_rel: IntArray, k: int) -> None:
+    """Refuse ideal gains that are not all of each query's relevant gains or, for a query with
+    more than M, its M largest (unchecked) when the cutoff k needs no more than those M."""
+    width = ideal.shape[1]
+    if ((ideal > 0).sum(axis=1) != np.minimum(n_rel, width)).any():
+        raise ValueError(
+            "ideal_gains must hold exactly n_relevant positive gains per row (or, when a query "
+            "has more relevant items than ideal_gains has columns, its largest gains in all)"
+        )
+    cut = np.flatnonzero(n_rel > width)
+    if k > width and cut.size:
+        q = int(cut[0])
+        raise ValueError(
+            f"query {q}: ideal_gains holds {width} of its {n_rel[q]} relevant gains, but IDCG@{k}"
+            f" needs its {k} largest; keep at least k ideal gains per query"
+        )
 
 
 def _check_dominated(window: FloatArray, ideal: FloatArray) -> None:
@@ -152,6 +171,44 @@ def rank_by_scores(scores: npt.ArrayLike) -> IntArray:
     if np.isnan(arr).any():
         raise ValueError("scores must not contain NaN")
     return np.argsort(-arr, axis=1, kind="stable").astype(np.int64)
+
+
+def top_by_scores(scores: npt.ArrayLike, depth: int) -> IntArray:
+    """The first `depth` columns of `rank_by_scores(scores)`: `(Q, N)` -> `(Q, min(depth, N))`.
+
+    Rows are never sorted whole. Each row is cut into chunks of about N / (32 depth) columns;
+    the depth-th largest chunk maximum is a floor under the row's depth-th best score (depth
+    chunks reach it, each with an item of its own). Only items of chunks reaching the floor and
+    scoring at least the floor are sorted, by score then column: every item tied with the
+    depth-th best score is among them, so ties are settled as the full stable sort settles them
+    (lower column first). Scores keep their dtype (float32 ranks like its float64 copy).
+    Memory beside `scores`: some 30 bytes per item of a chunk reaching the floor, usually about
+    N / 32 items a row; the whole row when ties bring every chunk to the floor.
+    """
+    depth = _check_k(depth, "depth")
+    arr = np.asarray(scores)
+    if arr.ndim != 2:
+        raise ValueError(f"scores must be 2-D (Q, N), got shape {arr.shape}")
+    n_rows, n = arr.shape
+    depth = min(depth, n)
+    if n_rows == 0 or depth == 0:
+        return np.zeros((n_rows, depth), np.int64)
+    width = max(1, n // (32 * depth))  # columns per chunk: at least 32 depth chunks (or n)
+    starts = np.arange(0, n, width)  # (C,) first column of each chunk
+    peaks = np.maximum.reduceat(arr, starts, axis=1)  # (Q, C) each chunk's best score
+    if np.isnan(peaks).any():  # a NaN is the maximum of its chunk
+        raise ValueError("scores must not contain NaN")
+    n_chunks = len(starts)
+    floor = np.partition(peaks, n_chunks - depth, axis=1)[:, n_chunks - depth]  # (Q,)
+    rows, chunks = np.nonzero(peaks >= floor[:, None])  # (H,) chunks that may hold a top item
+    cols = starts[chunks][:, None] + np.arange(width)  # (H, width); the last chunk may be short
+    values = arr[rows[:, None], np.minimum(cols, n - 1)]  # (H, width)
+    keep = (cols < n) & (values >= floor[rows][:, None])  # at least depth per row
+    rows = np.broadcast_to(rows[:, None], cols.shape)[keep]  # (P,) ascending
+    cols, values = cols[keep], values[keep]  # (P,)
+    order = np.lexsort((cols, -values, rows))  # by row, then best score, then column
+    first = np.searchsorted(rows, np.arange(n_rows))  # (Q,) where each row's candidates start
+    return cols[order[first[:, None] + np.arange(depth)]].astype(np.int64)
 
 
 def reciprocal_rank(rel: npt.ArrayLike, k: int) -> FloatArray:
@@ -257,8 +314,7 @@ def per_query_metrics(
         ideal = _default_ideal(n_rel, k)
     else:
         ideal = _as_gains(ideal_gains, "ideal_gains", n_rows=rel_.shape[0])
-        if ((ideal > 0).sum(axis=1) != n_rel).any():
-            raise ValueError("ideal_gains must hold exactly n_relevant positive gains per row")
+        _check_ideal(ideal, n_rel, k)
     window = _window(rel_, k)  # (Q, w)
     _check_dominated(window, ideal)
     hits = window > 0  # (Q, w)
@@ -286,9 +342,10 @@ def ranking_metrics(
 
     rel `(Q, L)`: relevance in ranked order, the query itself removed (binary view gain > 0 for
     all but nDCG). n_relevant `(Q,)`: |R| per query over the whole split. ideal_gains `(Q, M)`:
-    gains of all relevant items per query for IDCG; default |R| ones (binary relevance), in which
-    case `rel` gains must be <= 1. Queries with |R| == 0 are excluded and counted in n_excluded;
-    when no query remains, every mean is 0.0 and n_queries is 0 (no NaN).
+    gains of all relevant items per query for IDCG, or of the M largest where |R| > M (then
+    k <= M); default |R| ones (binary relevance), in which case `rel` gains must be <= 1.
+    Queries with |R| == 0 are excluded and counted in n_excluded; when no query remains, every
+    mean is 0.0 and n_queries is 0 (no NaN).
     """
     per = per_query_metrics(rel, n_relevant, k, ideal_gains=ideal_gains, ap_variant=ap_variant)
     n = int(per["query"].size)

@@ -236,6 +236,61 @@ def test_rank_by_scores_breaks_ties_by_lower_index():
     assert m.rank_by_scores(many_ties).tolist() == want  # Python's sort is stable
 
 
+def full_sort_head(scores: np.ndarray, depth: int) -> list[list[int]]:
+    """The first `depth` columns of every row sorted whole by Python's stable sort."""
+    return [sorted(range(len(row)), key=lambda j, row=row: -row[j])[:depth] for row in scores]
+
+
+@pytest.mark.parametrize("depth", [1, 3, 10, 49, 50, 64])
+@pytest.mark.parametrize("n_values", [2, 5, 1000])
+def test_top_by_scores_is_the_head_of_the_full_stable_sort(depth, n_values):
+    """Few distinct scores make long runs of ties at the depth-th score, across chunks."""
+    rng = np.random.default_rng(depth * 7 + n_values)
+    for n in (50, 1000, 2100):  # 1000 and 2100 columns: chunks several columns wide
+        scores = rng.integers(0, n_values, size=(12, n)).astype(np.float32)
+        scores[0] = 1.0  # a whole row tied
+        scores[1, ::3] = -np.inf  # e.g. the query itself pushed out
+        scores[2, :] = -np.inf
+        got = m.top_by_scores(scores, depth)
+        assert got.dtype == np.int64
+        assert got.tolist() == full_sort_head(scores.tolist(), depth)
+        assert got.tolist() == m.rank_by_scores(scores)[:, :depth].tolist()
+
+
+def test_top_by_scores_ties_split_by_the_partition_keep_the_lower_columns():
+    # the 3rd best score, 0.5, is held by five columns; only the two lowest of them make the cut
+    scores = np.array([[0.5, 0.1, 0.9, 0.5, 0.5, 0.9, 0.5, 0.5], [0.0] * 8])
+    assert m.top_by_scores(scores, 4).tolist() == [[2, 5, 0, 3], [0, 1, 2, 3]]
+    wide = np.zeros((1, 3000))
+    wide[0, [2999, 1500, 7, 2000]] = 1.0  # four tied best, spread over distant chunks
+    assert m.top_by_scores(wide, 3).tolist() == [[7, 1500, 2000]]
+    assert m.top_by_scores(wide, 6).tolist() == [[7, 1500, 2000, 2999, 0, 1]]
+
+
+def test_top_by_scores_shapes():
+    scores = np.random.default_rng(4).random((3, 5))
+    assert m.top_by_scores(scores, 9).tolist() == m.rank_by_scores(scores).tolist()  # depth > N
+    assert m.top_by_scores(np.zeros((0, 5)), 2).shape == (0, 2)
+    assert m.top_by_scores(np.zeros((2, 0)), 2).shape == (2, 0)
+
+
+def test_truncated_ideal_gains_give_the_same_ndcg_up_to_their_width():
+    ranked, ideal, n_rel = make_queries(seed=13)
+    for width in (3, 10):
+        top = [sorted(row, reverse=True)[:width] for row in ideal]  # each query's largest gains
+        for k in range(1, width + 1):
+            full = m.per_query_metrics(ranked, n_rel, k, ideal_gains=ideal)
+            cut = m.per_query_metrics(ranked, n_rel, k, ideal_gains=top)
+            for name, values in full.items():
+                np.testing.assert_array_equal(cut[name], values, err_msg=name)
+        with pytest.raises(ValueError, match=f"IDCG@{width + 1} needs"):
+            m.per_query_metrics(ranked, n_rel, width + 1, ideal_gains=top)
+    whole = [sorted(row, reverse=True)[: max(n_rel)] for row in ideal]  # no row is cut
+    assert m.ranking_metrics(ranked, n_rel, 30, ideal_gains=whole) == m.ranking_metrics(
+        ranked, n_rel, 30, ideal_gains=ideal
+    )
+
+
 def test_all_items_relevant():
     rel = np.ones((2, 5))
     exact = m.ranking_metrics(rel, [5, 5], 5).as_dict()
@@ -312,6 +367,15 @@ def test_bad_ap_variant_lists_valid_names():
         (lambda: m.ndcg_at_k([[1.0, 1.0]], [[2.0, 0.0]], 2), "more relevant"),
         (lambda: m.rank_by_scores([1.0, 2.0]), "2-D"),
         (lambda: m.rank_by_scores([[1.0, np.nan]]), "NaN"),
+        (lambda: m.top_by_scores([1.0, 2.0], 1), "2-D"),
+        (lambda: m.top_by_scores([[1.0, 2.0, np.nan]], 1), "NaN"),
+        (lambda: m.top_by_scores([[np.nan] * 3], 1), "NaN"),
+        (lambda: m.top_by_scores([[1.0, 2.0]], 0), "depth must"),
+        (
+            lambda: m.ranking_metrics(REL, [2, 1], 3, ideal_gains=[[1.0, 0.0], [1.0, 1.0]]),
+            "exactly",
+        ),
+        (lambda: m.ranking_metrics(REL, [2, 1], 3, ideal_gains=[[1.0], [1.0]]), "needs its 3"),
         (lambda: m.label_relevance([["a"]], ["a", "b"]), "query_labels"),
         (lambda: m.wilson_interval(11, 10), "successes"),
         (lambda: m.wilson_interval(1, 10, z=0.0), "z must"),
