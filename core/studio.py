@@ -102,9 +102,9 @@ class Studio:
     ) -> None:
         self.settings = settings
         self.store = Store(settings.catalog_path)
-        self.store.ensure_base_version(
+        self.store.ensure_base_version(  # the precision is resolved for a new data dir only
             settings.encoder,
-            resolve_precision(settings.precision, get_encoder_spec(settings.encoder)),
+            lambda: resolve_precision(settings.precision, get_encoder_spec(settings.encoder)),
         )
         self.index = index if index is not None else VectorIndex.from_settings(settings)
         self._load_encoder = encoder_loader

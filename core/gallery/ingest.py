@@ -206,20 +206,30 @@ class _Prepared:
     pixels: torch.Tensor  # (3, H, W), the encoder's `preprocess` of the image
 
 
+class _Known:
+    """A candidate whose image the catalog holds already (a duplicate)."""
+
+
+_KNOWN = _Known()
+
+
 def _prepare(
     candidate: Candidate | Rejected,
     settings: Settings,
+    store: Store,
     preprocess: Callable[[Image.Image], torch.Tensor],
-) -> _Prepared | Rejected:
-    """The mapper (on a worker thread): read, decode and validate, hash, write the
-    content-addressed files, preprocess. A duplicate writes nothing new (same content, same
-    path) and is recognised by the caller."""
+) -> _Prepared | _Known | Rejected:
+    """The mapper (on a worker thread): read, decode and validate, hash; for an image the
+    catalog lacks, write the content-addressed files and preprocess. An image catalogued
+    already comes back as `_Known`; duplicates within one run are the caller's to find."""
     if isinstance(candidate, Rejected):
         return candidate
     try:
         loaded = load_image(candidate.read(), limits=settings.images, name=candidate.name)
     except (ImageError, OSError) as exc:
         return Rejected(candidate.source, str(exc))
+    if store.existing_ids([loaded.id]):
+        return _KNOWN
     file = file_name_for(loaded, candidate.name)
     store_files(settings, loaded, file)
     record = ImageRecord(
@@ -312,8 +322,9 @@ def ingest(
 ) -> IngestReport:
     """Run the pipeline over `candidates`; one bad file is reported and never sinks the batch.
 
-    Worker threads read, decode, hash, store and preprocess up to two batches ahead; this
-    thread dedupes and runs the tower; the writer thread writes the index and the catalog."""
+    Worker threads read, decode, hash, store and preprocess up to two batches ahead (skipping
+    the last two for images catalogued already); this thread drops repeats within the run and
+    runs the tower; the writer thread writes the index and the catalog."""
     report = IngestReport()
     sync_index(settings, store, index, encoder, version)
     seen: set[str] = set()
@@ -322,20 +333,12 @@ def ingest(
     writer = _IndexWriter(store, index, version, settings.index.batch_size)
 
     def encode(batch: list[_Prepared]) -> None:
-        known = set(store.existing_ids([item.record.id for item in batch]))
-        fresh = []
-        for item in batch:
-            if item.record.id in seen or item.record.id in known:
-                report.duplicates += 1
-            else:
-                seen.add(item.record.id)
-                fresh.append(item)
-        if fresh:
-            vectors = encoder.encode_pixels(torch.stack([item.pixels for item in fresh]))
-            writer.put([item.record for item in fresh], vectors)
+        if batch:
+            vectors = encoder.encode_pixels(torch.stack([item.pixels for item in batch]))
+            writer.put([item.record for item in batch], vectors)
 
-    def prepare(candidate: Candidate | Rejected) -> _Prepared | Rejected:
-        return _prepare(candidate, settings, encoder.preprocess)
+    def prepare(candidate: Candidate | Rejected) -> _Prepared | _Known | Rejected:
+        return _prepare(candidate, settings, store, encoder.preprocess)
 
     try:
         with ThreadPoolExecutor(settings.ingest_workers, thread_name_prefix="ingest") as pool:
@@ -343,7 +346,10 @@ def ingest(
             for done, outcome in enumerate(prepared, start=1):
                 if isinstance(outcome, Rejected):
                     report.rejected.append(outcome)
+                elif isinstance(outcome, _Known) or outcome.record.id in seen:
+                    report.duplicates += 1
                 else:
+                    seen.add(outcome.record.id)
                     batch.append(outcome)
                 if len(batch) >= settings.batch_size or done == total:
                     encode(batch)

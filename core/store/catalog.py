@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,9 +193,11 @@ class Store(Database):
 
     # --- model versions -----------------------------------------------------------------
 
-    def ensure_base_version(self, encoder: str, precision: str = "fp32") -> ModelVersion:
-        """Register `base` (active) at first start, its vectors computed in `precision`; later
-        calls return the active version."""
+    def ensure_base_version(
+        self, encoder: str, precision: Callable[[], str] = lambda: "fp32"
+    ) -> ModelVersion:
+        """Register `base` (active) at first start, its vectors computed in `precision()`
+        (asked only then); later calls return the active version."""
         with self.connect() as conn:
             if (
                 conn.execute(
@@ -208,7 +210,7 @@ class Store(Database):
                 ).fetchone()
                 card = {
                     "encoder": encoder,
-                    "precision": precision,
+                    "precision": precision(),
                     "note": "the shipped encoder, no fine-tuning",
                 }
                 conn.execute(
