@@ -24,6 +24,7 @@ from core.config import Settings
 from core.encoder.model import Encoder, load_encoder
 from core.encoder.precision import resolve_precision
 from core.encoder.registry import get_encoder_spec
+from core.encoder.taps import TAPS_DIR, TapCache, stage_modules, taps_key
 from core.encoder.versions import load_heads, load_tower
 from core.errors import LookalikeError
 from core.files import atomic_write
@@ -137,6 +138,16 @@ class Studio:
                 else base
             )
         return self._encoders[version.version]
+
+    def tap_cache(self, version: ModelVersion | None = None) -> TapCache | None:
+        """The stage-tap cache of `version`'s tower (default: the active version's), which
+        ingest fills and `head` training reads; None for a tower without stages. A head
+        version shares its parent's tower, so the same cache."""
+        encoder = self.encoder(version)
+        if not stage_modules(encoder.model.visual):
+            return None
+        key = taps_key(encoder.model.visual, encoder.precision)
+        return TapCache(self.settings.models_dir / TAPS_DIR / key)
 
     # --- the catalog and the log, as the pages and the command line read them -------------
 
@@ -297,6 +308,7 @@ class Studio:
             index=self.index,
             encoder=self.encoder(version),
             version=version.version,
+            taps=self.tap_cache(version),
             progress=progress,
         )
 

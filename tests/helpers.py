@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.learn.tower import TAPS_DIR
+from core.encoder.taps import TAPS_DIR
 from core.learn.training import TrainingCancelled
 from core.measure import load
 from core.studio import Studio

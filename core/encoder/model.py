@@ -130,16 +130,29 @@ class Encoder:
         fp32)."""
         return self._adapt(*self._tower(batch))
 
-    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        """(B, 3, H, W) preprocessed pixels (`preprocess` of each image) -> (B, d) float32
-        unit-norm embeddings, without gradients; the tower runs in the encoder's precision."""
+    def _infer(self, pixels: torch.Tensor, all_taps: bool) -> tuple[np.ndarray, torch.Tensor]:
+        """Unit embeddings without gradients, the tower in the encoder's precision, and the
+        (B, t) stage taps when computed (always with `all_taps`, else when a head reads
+        them; (B, 0) when not)."""
         pixels = pixels.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             bf16 = self.precision == "bf16"
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                features, taps = self._tower(pixels)
+                features, taps = self.tapped(pixels) if all_taps else self._tower(pixels)
+            taps = torch.zeros(len(pixels), 0) if taps is None else taps.float()
             features = self._adapt(features.float(), taps)
-            return torch.nn.functional.normalize(features.float(), dim=-1).numpy()
+            return torch.nn.functional.normalize(features.float(), dim=-1).numpy(), taps
+
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """(B, 3, H, W) preprocessed pixels (`preprocess` of each image) -> (B, d) float32
+        unit-norm embeddings, without gradients; the tower runs in the encoder's precision."""
+        return self._infer(pixels, all_taps=False)[0]
+
+    def encode_pixels_tapped(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """`encode_pixels` and, from the same forward pass, the tower's (B, t) float32 stage
+        taps (t = 0 for towers without stages): what ingest keeps for `head` versions."""
+        vectors, taps = self._infer(pixels, all_taps=True)
+        return vectors, taps.numpy()
 
     def encode(
         self,

@@ -4,7 +4,8 @@ A pipeline in four parts that overlap, composed by `ingest()`: reader (`iter_can
 paths -> candidates, lazily read) -> mapper (worker threads, a bounded two batches ahead:
 decode, validate, hash, write the content-addressed copy and thumbnail, preprocess) -> encoder
 (the calling thread: dedupe, run the tower on a batch) -> writer (a thread of its own: upsert
-large batches into the index, then commit their catalog rows). So the tower never waits for
+large batches into the index, append the batch's stage taps to the tower's `TapCache`, then
+commit their catalog rows). So the tower never waits for
 files, and memory stays bounded whatever the gallery size. The catalog is the source of truth:
 an image is in the gallery once its row is committed, which happens only after its vector is
 in the index. A run killed half-way therefore leaves at worst index vectors without rows;
@@ -32,6 +33,7 @@ from PIL import Image
 
 from core.config import Settings
 from core.encoder.model import Encoder
+from core.encoder.taps import TapCache
 from core.files import atomic_write
 from core.gallery.images import (
     IMAGE_EXTENSIONS,
@@ -257,38 +259,61 @@ def _ahead(pool: Executor, items: Iterable[T], work: Callable[[T], R], depth: in
         yield pending.popleft().result()
 
 
+@dataclass(frozen=True)
+class _Encoded:
+    """A batch out of the tower: its rows, (B, d) vectors and (B, t) stage taps."""
+
+    records: list[ImageRecord]
+    vectors: np.ndarray
+    taps: np.ndarray
+
+
 class _IndexWriter:
     """The writer, on a thread of its own: it gathers encoded batches into large index writes
-    (`settings.index.batch_size` vectors), upserts them, then commits their catalog rows
-    (vectors first: see the module doc), while the caller encodes the next batches. An error
-    here is raised in the caller at its next `put` or at `close`."""
+    (`settings.index.batch_size` vectors), upserts them, appends their taps to the tower's tap
+    cache (when given), then commits their catalog rows (vectors first: see the module doc),
+    while the caller encodes the next batches. An error here is raised in the caller at its
+    next `put` or at `close`."""
 
-    def __init__(self, store: Store, index: VectorIndex, version: str, flush_at: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        index: VectorIndex,
+        version: str,
+        flush_at: int,
+        taps: TapCache | None = None,
+    ) -> None:
         self._store, self._index, self._version, self._flush_at = store, index, version, flush_at
-        self._queue: queue.Queue[tuple[list[ImageRecord], np.ndarray] | None] = queue.Queue(2)
+        self._taps = taps
+        self._queue: queue.Queue[_Encoded | None] = queue.Queue(2)
         self._error: BaseException | None = None
         self.added = 0
         self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
         self._thread.start()
 
-    def _write(self, records: list[ImageRecord], vectors: list[np.ndarray]) -> None:
-        if records:
-            self._index.upsert(self._version, [r.id for r in records], np.concatenate(vectors))
-            self.added += self._store.add_images(records)
+    def _write(self, batches: list[_Encoded]) -> None:
+        records = [record for batch in batches for record in batch.records]
+        if not records:
+            return
+        ids = [r.id for r in records]
+        self._index.upsert(self._version, ids, np.concatenate([b.vectors for b in batches]))
+        if self._taps is not None:
+            self._taps.append(ids, np.concatenate([b.taps for b in batches]))
+        self.added += self._store.add_images(records)
 
     def _run(self) -> None:
-        records: list[ImageRecord] = []
-        vectors: list[np.ndarray] = []
+        batches: list[_Encoded] = []
         item = self._queue.get()
         try:
             while item is not None:
-                records.extend(item[0])
-                vectors.append(item[1])
-                if len(records) >= self._flush_at:
-                    self._write(records, vectors)
-                    records, vectors = [], []
+                batches.append(item)
+                if sum(len(b.records) for b in batches) >= self._flush_at:
+                    self._write(batches)
+                    batches = []
                 item = self._queue.get()
-            self._write(records, vectors)
+            self._write(batches)
+            if self._taps is not None:
+                self._taps.compact()
         except BaseException as exc:  # handed to the caller; the rest of the queue is dropped
             self._error = exc
             while item is not None:
@@ -298,9 +323,9 @@ class _IndexWriter:
         if self._error is not None:
             raise self._error
 
-    def put(self, records: list[ImageRecord], vectors: np.ndarray) -> None:
+    def put(self, batch: _Encoded) -> None:
         self._raise()
-        self._queue.put((records, vectors))
+        self._queue.put(batch)
 
     def close(self) -> int:
         """Write what is left, wait for it; returns the rows added."""
@@ -318,24 +343,30 @@ def ingest(
     index: VectorIndex,
     encoder: Encoder,
     version: str,
+    taps: TapCache | None = None,
     progress: Progress | None = None,
 ) -> IngestReport:
     """Run the pipeline over `candidates`; one bad file is reported and never sinks the batch.
 
     Worker threads read, decode, hash, store and preprocess up to two batches ahead (skipping
     the last two for images catalogued already); this thread drops repeats within the run and
-    runs the tower; the writer thread writes the index and the catalog."""
+    runs the tower; the writer thread writes the index, the tower's stage taps to `taps` (the
+    `TapCache` of `encoder`'s tower, if kept) and the catalog."""
     report = IngestReport()
     sync_index(settings, store, index, encoder, version)
     seen: set[str] = set()
     batch: list[_Prepared] = []
     total = len(candidates)
-    writer = _IndexWriter(store, index, version, settings.index.batch_size)
+    writer = _IndexWriter(store, index, version, settings.index.batch_size, taps)
 
     def encode(batch: list[_Prepared]) -> None:
         if batch:
-            vectors = encoder.encode_pixels(torch.stack([item.pixels for item in batch]))
-            writer.put([item.record for item in batch], vectors)
+            pixels = torch.stack([item.pixels for item in batch])
+            if taps is not None:
+                vectors, tapped = encoder.encode_pixels_tapped(pixels)
+            else:
+                vectors, tapped = encoder.encode_pixels(pixels), np.zeros((len(batch), 0))
+            writer.put(_Encoded([item.record for item in batch], vectors, tapped))
 
     def prepare(candidate: Candidate | Rejected) -> _Prepared | _Known | Rejected:
         return _prepare(candidate, settings, store, encoder.preprocess)

@@ -176,12 +176,10 @@ def fine_tune(
         taps = np.zeros((len(ids), 0), dtype=np.float32)
         encoder = studio.encoder(parent) if settings.taps else None  # --no-taps needs none
         if encoder is not None and stage_modules(encoder.model.visual):
-            from core.learn.tower import TAPS_DIR, gallery_taps, taps_key
+            from core.learn.tower import gallery_taps
 
             started = time.perf_counter()
-            models = studio.settings.models_dir
-            key = taps_key(parent.encoder, [models / f for f in parent.card.get("tower", [])])
-            cache = models / TAPS_DIR / f"{key}.npz"
+            cache = studio.tap_cache(parent)  # filled by ingest: no image is read again
             taps = gallery_taps(studio.gallery_image, encoder, ids, cache)
             prepared = round(time.perf_counter() - started, 2)
         inputs = np.concatenate([vectors, taps], axis=1)

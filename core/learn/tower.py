@@ -27,13 +27,9 @@ parameter names (`trunk.blocks.6.0.conv_pw.weight`), so loading them is the towe
 from __future__ import annotations
 
 import copy
-import hashlib
-import io
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,8 +38,13 @@ from PIL import Image
 from torch import nn
 
 from core.encoder.heads import ResidualHead, apply_heads
-from core.encoder.taps import StageTaps, freeze_batch_norm, is_timm_trunk, stage_modules
-from core.files import atomic_write
+from core.encoder.taps import (
+    StageTaps,
+    TapCache,
+    freeze_batch_norm,
+    is_timm_trunk,
+    stage_modules,
+)
 from core.gallery.images import ImageError
 from core.learn.training import (
     Callback,
@@ -234,65 +235,30 @@ def over_gallery(
     return tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
 
 
-TAPS_DIR = "taps"  # under the models folder: one cache file per tower
-
-
-def taps_key(encoder_name: str, tower_files: Sequence[Path]) -> str:
-    """A cache key for a tower: its encoder and the bytes of its fine-tuned weight files."""
-    digest = hashlib.sha256(encoder_name.encode())
-    for path in tower_files:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:20]
-
-
-def _read_cache(path: Path) -> dict[str, np.ndarray]:
-    """Cached taps by image id; a missing, truncated or malformed file is an empty cache."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            ids, taps = data["ids"].tolist(), data["taps"]
-    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile):
-        return {}
-    if taps.ndim != 2 or len(taps) != len(ids):
-        return {}
-    return dict(zip(ids, taps, strict=True))
-
-
-def _write_cache(path: Path, taps: dict[str, np.ndarray]) -> None:
-    """Write atomically (`atomic_write`: a temporary file in the same folder, then a rename)."""
-    buffer = io.BytesIO()
-    np.savez(buffer, ids=np.array(list(taps), dtype=str), taps=np.stack(list(taps.values())))
-    atomic_write(path, buffer.getvalue())
-
-
 def gallery_taps(
-    read: PixelReader, encoder: Encoder, ids: Sequence[str], path: Path | None = None
+    read: PixelReader, encoder: Encoder, ids: Sequence[str], cache: TapCache | None = None
 ) -> np.ndarray:
-    """(n, t) float32 stage taps of `ids` (read with `read`) through `encoder`'s tower (`head`
-    mode's extra inputs); (n, 0), reading nothing, for a tower without stages.
+    """(n, t) float32 stage taps of `ids` (read with `read`) through `encoder`'s tower, in its
+    precision (`head` mode's extra inputs); (n, 0), reading nothing, for a tower without
+    stages.
 
-    Taps depend only on the tower and the image bytes (ids are their sha256), so with a cache
-    `path` (`models/taps/KEY.npz`, KEY from `taps_key`) they are kept there: the first run
-    makes one forward pass over the gallery, later runs read only images added since, and one
-    cached image computed afresh checks that the cache still matches the code and weights that
-    would recompute it (anything else, and it is rebuilt)."""
+    With the tower's `cache` (`Studio.tap_cache`, which ingest fills from its own forward
+    pass), only images missing from it are read and computed, and their taps are added to it;
+    a gallery ingested since the cache existed is not read at all."""
     if not stage_modules(encoder.model.visual):
         return np.zeros((len(ids), 0), dtype=np.float32)
 
     def taps(pixels: torch.Tensor) -> tuple[torch.Tensor]:
-        with torch.inference_mode():
-            return (encoder.tapped(pixels)[1],)
+        return (torch.from_numpy(encoder.encode_pixels_tapped(pixels)[1]),)
 
-    known = _read_cache(path) if path else {}
-    if probe := next((image_id for image_id in ids if image_id in known), None):
-        [fresh] = over_gallery(read, encoder, [probe], taps)[0].numpy()
-        if fresh.shape != known[probe].shape or not np.allclose(fresh, known[probe], atol=1e-4):
-            known = {}
+    known = cache.read(ids) if cache is not None else {}
     missing = [image_id for image_id in dict.fromkeys(ids) if image_id not in known]
     if missing:
         computed = over_gallery(read, encoder, missing, taps)[0].numpy()
         known.update(zip(missing, computed, strict=True))
-        if path:
-            _write_cache(path, known)
+        if cache is not None:  # kept, and merged with the rest (unreadable shards go)
+            cache.append(missing, computed)
+            cache.compact(at=2)
     return np.stack([known[image_id] for image_id in ids]).astype(np.float32)
 
 

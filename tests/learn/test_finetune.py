@@ -22,10 +22,11 @@ from safetensors.numpy import load_file as load_numpy
 import core.learn.training
 import core.studio
 from core.encoder.heads import ResidualHead
+from core.encoder.registry import EncoderError
+from core.encoder.taps import TAPS_DIR, TapCache, taps_key
 from core.encoder.versions import HEAD_FILE, load_heads
 from core.gallery.images import load_image
 from core.learn.finetune import FineTuneReport, fine_tune
-from core.learn.tower import TAPS_DIR, taps_key
 from core.learn.training import TrainingCancelled, TrainingError, TrainSettings
 from core.measure.evaluation import EvaluationError, evaluate
 from core.studio import Studio
@@ -246,7 +247,8 @@ def test_cli_train_reports_before_and_after_and_does_not_activate(fed: Studio) -
         "metrics_after",
         "prepare_seconds",
     }
-    assert payload["prepare_seconds"] > 0  # the head read the gallery's taps
+    assert isinstance(payload["prepare_seconds"], float)  # reading the cached taps
+    assert payload["prepare_seconds"] >= 0
     assert (payload["version"], payload["parent"]) == ("ft-0001", "base")
     assert payload["pairs"] >= 2 and payload["seconds"] >= 0
     assert set(payload["metrics_after"]) == set(payload["metrics_before"]) >= {"mrr", "map"}
@@ -282,19 +284,19 @@ def test_cli_no_taps_trains_a_head_on_the_embedding_alone(fed: Studio) -> None:
     )
 
 
-def test_taps_are_cached_per_tower_and_a_second_head_run_reads_one_image(
-    fed: Studio, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fine_tune(fed, TrainSettings(epochs=2))
-    [cache] = list((fed.settings.models_dir / TAPS_DIR).glob("*.npz"))
-    gallery = sorted(r.id for r in fed.store.list_images())
-    with np.load(cache, allow_pickle=False) as data:
-        assert sorted(data["ids"].tolist()) == gallery
-        order = {image_id: n for n, image_id in enumerate(data["ids"].tolist())}
-        np.testing.assert_allclose(
-            data["taps"][[order[i] for i in gallery]], reference_taps(fed, gallery), atol=1e-5
-        )
+def cached_taps(studio: Studio, ids: list[str]) -> np.ndarray:
+    """The tap cache's rows for `ids`, read from its shard files with numpy alone."""
+    [folder] = list((studio.settings.models_dir / TAPS_DIR).iterdir())
+    found: dict[str, np.ndarray] = {}
+    for shard in sorted(folder.glob("*.npz")):
+        with np.load(shard, allow_pickle=False) as data:
+            found.update(zip(data["ids"].tolist(), data["taps"], strict=True))
+    assert set(ids) <= found.keys()
+    return np.stack([found[i] for i in ids])
 
+
+def count_image_reads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """From now on, every gallery image the studio decodes is appended to the list returned."""
     read: list[object] = []
     real_load_image = core.studio.load_image
 
@@ -303,52 +305,74 @@ def test_taps_are_cached_per_tower_and_a_second_head_run_reads_one_image(
         return real_load_image(*args, **kwargs)
 
     monkeypatch.setattr(core.studio, "load_image", counting)
-    second = fine_tune(fed, TrainSettings(epochs=2))
-    assert len(read) == 1  # the one image that checks the cache against the tower
-    head_file = fed.settings.models_dir / second.version / HEAD_FILE
+    return read
+
+
+def test_ingest_fills_the_tap_cache_and_a_head_run_reads_no_image(
+    fed: Studio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gallery = sorted(r.id for r in fed.store.list_images())
+    np.testing.assert_allclose(cached_taps(fed, gallery), reference_taps(fed, gallery), atol=1e-5)
+
+    read = count_image_reads(monkeypatch)
+    report = fine_tune(fed, TrainSettings(epochs=2))
+    assert read == []  # vectors from the index, taps from the cache ingest wrote
+    head_file = fed.settings.models_dir / report.version / HEAD_FILE
     base = vectors_by_id(fed, "base", gallery)
     np.testing.assert_allclose(
-        vectors_by_id(fed, second.version, gallery),
+        vectors_by_id(fed, report.version, gallery),
         reference_head(base, head_file, reference_taps(fed, gallery)),
         atol=1e-5,
     )
-    # an unreadable cache is no cache: rebuilt from the images
-    monkeypatch.undo()
-    for broken in (b"not a zip", b""):
-        cache.write_bytes(broken)
-        fine_tune(fed, TrainSettings(epochs=2))
-        with np.load(cache, allow_pickle=False) as data:
-            assert sorted(data["ids"].tolist()) == gallery
-    # taps that no longer match what the tower computes (other weights, other code): rebuilt
-    with np.load(cache, allow_pickle=False) as data:
-        ids, stale = data["ids"], data["taps"] + 0.5
-    np.savez(cache, ids=ids, taps=stale)
-    last = fine_tune(fed, TrainSettings(epochs=2))
-    with np.load(cache, allow_pickle=False) as data:
-        order = {image_id: n for n, image_id in enumerate(data["ids"].tolist())}
-        np.testing.assert_allclose(
-            data["taps"][[order[i] for i in gallery]], reference_taps(fed, gallery), atol=1e-5
-        )
-    np.testing.assert_allclose(
-        vectors_by_id(fed, last.version, gallery),
-        reference_head(
-            base, fed.settings.models_dir / last.version / HEAD_FILE, reference_taps(fed, gallery)
-        ),
-        atol=1e-5,
-    )
-    assert not list((fed.settings.models_dir / TAPS_DIR).glob(".tmp-*"))
 
 
-def test_the_taps_key_follows_the_encoder_and_the_tower_bytes(tmp_path: Path) -> None:
-    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    first.write_bytes(b"tower one")
-    second.write_bytes(b"tower two")
-    keys = {
-        taps_key("tiny-test", []),
-        taps_key("efficientnet-lite0", []),
-        taps_key("tiny-test", [first]),
-        taps_key("tiny-test", [second]),
-        taps_key("tiny-test", [first, second]),
+def test_taps_missing_from_the_cache_are_computed_and_kept(
+    fed: Studio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gallery = sorted(r.id for r in fed.store.list_images())
+    [folder] = list((fed.settings.models_dir / TAPS_DIR).iterdir())
+    for shard in folder.glob("*.npz"):  # an unreadable shard is no shard: recomputed
+        shard.write_bytes(b"not a zip")
+    fine_tune(fed, TrainSettings(epochs=2))
+    np.testing.assert_allclose(cached_taps(fed, gallery), reference_taps(fed, gallery), atol=1e-5)
+    assert not list(folder.glob(".tmp-*"))
+
+    read = count_image_reads(monkeypatch)
+    fine_tune(fed, TrainSettings(epochs=2))
+    assert read == []
+
+
+def test_the_tap_cache_appends_shards_and_compacts_them(tmp_path: Path) -> None:
+    cache = TapCache(tmp_path / "key")
+    assert cache.read() == {}
+    rng = np.random.default_rng(0)
+    rows = {f"{n:04d}": rng.standard_normal(6).astype(np.float32) for n in range(40)}
+    names = list(rows)
+    for start in range(0, 40, 8):
+        chunk = names[start : start + 8]
+        cache.append(chunk, np.stack([rows[i] for i in chunk]))
+    assert len(list((tmp_path / "key").glob("*.npz"))) == 5
+    cache.compact(at=6)  # not yet
+    assert len(list((tmp_path / "key").glob("*.npz"))) == 5
+    cache.compact(at=5)
+    assert len(list((tmp_path / "key").glob("*.npz"))) == 1
+    found = cache.read(["0003", "0039", "absent"])
+    assert sorted(found) == ["0003", "0039"]
+    np.testing.assert_array_equal(found["0039"], rows["0039"])
+    assert {k: v.tolist() for k, v in cache.read().items()} == {
+        k: v.tolist() for k, v in rows.items()
     }
-    assert len(keys) == 5
-    assert taps_key("tiny-test", [first]) == taps_key("tiny-test", [first])
+    with pytest.raises(EncoderError, match="2 ids for 1 rows"):
+        cache.append(["a", "b"], np.zeros((1, 6)))
+
+
+def test_the_taps_key_follows_the_weights_and_the_precision() -> None:
+    first, second = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        second.weight.copy_(first.weight)
+        second.bias.copy_(first.bias)
+    assert taps_key(first, "fp32") == taps_key(second, "fp32")
+    assert taps_key(first, "fp32") != taps_key(first, "bf16")
+    with torch.no_grad():
+        second.bias[0] += 1e-6
+    assert taps_key(first, "fp32") != taps_key(second, "fp32")
