@@ -12,7 +12,9 @@ export DEBIAN_FRONTEND := noninteractive
 export LOOKALIKE_DATA ?= $(CURDIR)/data
 
 LOOP_DATA ?= $(CURDIR)/data-loop
-.PHONY: run test install browser demo lint typecheck unit bench bench-load loop clean
+SCALE_DATA ?= $(CURDIR)/data-scale
+LIMIT ?=
+.PHONY: run test install browser demo lint typecheck unit bench bench-load bench-scale loop clean
 
 ## run: set up everything, fetch and index the demo gallery, start the app on $(PORT)
 run: demo
@@ -57,6 +59,12 @@ bench: demo
 ## of the demo gallery; time-to-results p50/p95, searches/s, and whether the log stayed exact
 bench-load: demo browser
 	for users in 1 2 4 8; do $(PY) -m core bench --browser-users $$users --json; done
+
+## bench-scale: all 70,000 Fashion-MNIST images (or LIMIT=N of them) into a fresh $(SCALE_DATA),
+## then ingest speed beside the tower's, search latency, recall, evaluate and the map at that size
+bench-scale: install
+	rm -rf $(SCALE_DATA)
+	$(PY) -m core bench --scale --data-dir $(SCALE_DATA) --json $(if $(LIMIT),--limit $(LIMIT))
 
 ## loop: the closed loop on a fresh data dir: baseline on test, simulate, fine-tune (head, then
 ## partial, both from base), compare

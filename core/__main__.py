@@ -277,6 +277,17 @@ def cmd_bench(studio: Any, args: argparse.Namespace) -> int:
 
     if args.browser_users:  # N people at once in Chromium, against a copy of this gallery
         return _bench_browser(studio, args)
+    if args.scale:  # a demo set into this (fresh) data directory, then everything at that size
+        from core.measure.scale import run_scale_bench
+
+        def stage(text: str) -> None:
+            print(f"bench --scale: {text}", file=sys.stderr, flush=True)
+
+        figures = run_scale_bench(studio, args.dataset, args.limit, args.queries, stage)
+        _emit(
+            figures, args.json, "\n".join(f"{key:>26}: {value}" for key, value in figures.items())
+        )
+        return 0
     folder = Path(args.folder) if args.folder else studio.settings.demo_dir / "root" / STAMPS_SUBDIR
     figures = run_bench(studio, folder, args.images, args.queries, args.k, args.umap)
     _emit(figures, args.json, "\n".join(f"{key:>22}: {value}" for key, value in figures.items()))
@@ -383,6 +394,19 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("--method", choices=PROJECTION_METHODS, default="umap")
     bench = add("bench", cmd_bench, "Measure ingest speed, search latency and index recall.")
     bench.add_argument("--folder", help="images to time ingest on (default: the demo stamps)")
+    bench.add_argument(
+        "--scale",
+        action="store_true",
+        help="ingest a demo set (--set, default fashion-mnist: all 70,000 images) into the "
+        "data directory, which must be empty, and measure ingest, search, recall, evaluate and "
+        "the map at that size",
+    )
+    bench.add_argument(
+        "--set", dest="dataset", choices=DEMO_SETS, default="fashion-mnist", help="with --scale"
+    )
+    bench.add_argument(
+        "--limit", type=int, help="with --scale: this many Fashion-MNIST images (stratified)"
+    )
     bench.add_argument("--images", type=int, default=200, help="how many images to ingest")
     bench.add_argument("--queries", type=int, default=50, help="how many searches to time")
     bench.add_argument("-k", type=int, default=10)

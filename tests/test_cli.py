@@ -148,3 +148,42 @@ def test_demo_data_fashion_mnist_limit_ingests_two_of_each_class_once(
     assert Counter(label for label, _ in rows) == {name: 2 for name in FASHION_NAMES}
     assert {split for _, split in rows} <= {"train", "test"}
     assert len(list((data / "demo" / FASHION_DIR / "png").rglob("*.png"))) == 20
+
+
+@pytest.mark.slow  # the forward-speed probes (3 s each) and UMAP's first compilation
+def test_bench_scale_ingests_into_a_fresh_dir_and_reports_exactly_its_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    monkeypatch.setattr(demo.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    fake = FakeFashionApt(per_class=(4, 1))  # 50 images; the CLI then finds them fetched
+    demo.fetch_package(data / "demo" / FASHION_DIR, FASHION_PACKAGE, FASHION_IDX_DIR, run=fake)
+
+    figures = run_json(data, "bench", "--scale", "--limit", "30", "--queries", "5")
+
+    assert list(figures) == [
+        "images",
+        "ingest_seconds",
+        "ingest_images_per_s",
+        "encoder_fp32_images_per_s",
+        "encoder_images_per_s",
+        "precision",
+        "peak_rss_mb",
+        "search_p50_ms",
+        "search_p95_ms",
+        "index_recall_at_10",
+        "evaluate_seconds",
+        "map_seconds",
+    ]
+    assert figures["images"] == 30
+    assert figures["precision"] in ("fp32", "bf16")
+    assert 0 <= figures["index_recall_at_10"] <= 1
+    assert figures["search_p50_ms"] <= figures["search_p95_ms"]
+    assert figures["peak_rss_mb"] > 100  # torch alone is more than that
+    assert all(figures[key] > 0 for key in ("ingest_seconds", "encoder_images_per_s"))
+    rows = raw(load_settings(data, environ={}).catalog_path, "SELECT label FROM images")
+    assert Counter(label for (label,) in rows) == {name: 3 for name in FASHION_NAMES}
+
+    again = run_cli(data, "bench", "--scale", "--limit", "30")
+    assert again.returncode == 1
+    assert "fresh data directory" in again.stderr and "30 images" in again.stderr
