@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from torchvision import transforms
 
 from core.choices import PRECISIONS
 from core.encoder.heads import apply_heads, head_taps
@@ -26,6 +28,32 @@ from core.encoder.registry import (
     get_encoder_spec,
 )
 from core.encoder.taps import pooled_unit, stage_modules
+
+
+@dataclass(frozen=True)
+class _SplitPreprocess:
+    """An open_clip preprocessing cut where it leaves PIL: the image steps (resize, crop, RGB)
+    and the `ToTensor` + `Normalize(mean, std)` at its end, which `Encoder.pixels` applies to
+    a whole batch at once."""
+
+    image_steps: Callable[[Image.Image], Image.Image]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def _split(preprocess: Callable[[Image.Image], torch.Tensor]) -> _SplitPreprocess | None:
+    """The split of a `Compose([...PIL steps, ToTensor, Normalize])`; None for anything else
+    (then every image goes through `preprocess` whole)."""
+    steps = list(getattr(preprocess, "transforms", []))
+    if len(steps) < 2:
+        return None
+    *image_steps, to_tensor, normalize = steps
+    if not isinstance(to_tensor, transforms.ToTensor):  # open_clip's MaybeToTensor is one
+        return None
+    if not isinstance(normalize, transforms.Normalize) or normalize.inplace:
+        return None
+    mean, std = tuple(map(float, normalize.mean)), tuple(map(float, normalize.std))
+    return _SplitPreprocess(transforms.Compose(image_steps), mean, std)
 
 
 class Encoder:
@@ -43,6 +71,38 @@ class Encoder:
         self.heads: tuple[torch.nn.Module, ...] = ()  # fine-tuned adapters, applied in order
         self.precision = "fp32"  # inference arithmetic: "fp32" or "bf16" (`with_precision`)
         self.dim = int(spec.config["embed_dim"]) if spec.config else self._probe_dim()
+        self._split = _split(preprocess)
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """The per-image part of `preprocess`, cheap and free of torch's thread pool (ingest
+        runs it on worker threads beside the tower): the (H, W, 3) uint8 pixels after the
+        image steps, or the whole (3, H, W) float `preprocess` when it does not split.
+        `pixels` turns a batch of them into the tower's input."""
+        if self._split is not None:
+            image = self._split.image_steps(image)
+            if image.mode == "RGB":
+                return torch.from_numpy(np.array(image, dtype=np.uint8))
+        return self.preprocess(image)
+
+    def pixels(self, prepared: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(B, 3, H, W) float tower input, channels_last, from `prepare`d images: equal to
+        stacking `preprocess` of each (the same float operations in the same order:
+        ToTensor's divide by 255, then Normalize), but one vectorised pass for the batch.
+        Measured on Fashion-MNIST's 28 x 28 PNGs: ToTensor and Normalize per image cost 2.2 ms
+        of CPU, more than the image steps, and ran torch's thread pool from worker threads."""
+        if self._split is None or any(item.dtype != torch.uint8 for item in prepared):
+            return torch.stack([self._to_float(item) for item in prepared])
+        batch = torch.stack(list(prepared)).permute(0, 3, 1, 2)  # (B, 3, H, W) channels_last
+        mean = torch.tensor(self._split.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self._split.std).view(1, -1, 1, 1)
+        return batch.float().div(255).sub(mean).div(std)
+
+    def _to_float(self, item: torch.Tensor) -> torch.Tensor:
+        if item.dtype != torch.uint8 or self._split is None:
+            return item
+        pixels = item.permute(2, 0, 1).float().div(255)
+        mean = torch.tensor(self._split.mean).view(-1, 1, 1)
+        return pixels.sub(mean).div(torch.tensor(self._split.std).view(-1, 1, 1))
 
     def with_heads(self, heads: Sequence[torch.nn.Module]) -> Encoder:
         """The same model and preprocessing with adapters on its normalised features (a
@@ -169,7 +229,7 @@ class Encoder:
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            pixels = torch.stack([self.preprocess(img) for img in chunk])  # (B, 3, H, W)
+            pixels = self.pixels([self.prepare(img) for img in chunk])  # (B, 3, H, W)
             out[start : start + len(chunk)] = self.encode_pixels(pixels)
             if progress is not None:
                 progress(start + len(chunk), len(images))

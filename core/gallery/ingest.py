@@ -205,7 +205,7 @@ class _Prepared:
     """A decoded, validated and stored image, with the tower's input ready."""
 
     record: ImageRecord
-    pixels: torch.Tensor  # (3, H, W), the encoder's `preprocess` of the image
+    pixels: torch.Tensor  # the encoder's `prepare` of the image: (H, W, 3) uint8 mostly
 
 
 class _Known:
@@ -219,7 +219,7 @@ def _prepare(
     candidate: Candidate | Rejected,
     settings: Settings,
     store: Store,
-    preprocess: Callable[[Image.Image], torch.Tensor],
+    prepare: Callable[[Image.Image], torch.Tensor],
 ) -> _Prepared | _Known | Rejected:
     """The mapper (on a worker thread): read, decode and validate, hash; for an image the
     catalog lacks, write the content-addressed files and preprocess. An image catalogued
@@ -244,7 +244,7 @@ def _prepare(
         file=file,
         source=candidate.source,
     )
-    return _Prepared(record, preprocess(loaded.image))
+    return _Prepared(record, prepare(loaded.image))
 
 
 def _ahead(pool: Executor, items: Iterable[T], work: Callable[[T], R], depth: int) -> Iterator[R]:
@@ -361,7 +361,7 @@ def ingest(
 
     def encode(batch: list[_Prepared]) -> None:
         if batch:
-            pixels = torch.stack([item.pixels for item in batch])
+            pixels = encoder.pixels([item.pixels for item in batch])
             if taps is not None:
                 vectors, tapped = encoder.encode_pixels_tapped(pixels)
             else:
@@ -369,7 +369,7 @@ def ingest(
             writer.put(_Encoded([item.record for item in batch], vectors, tapped))
 
     def prepare(candidate: Candidate | Rejected) -> _Prepared | _Known | Rejected:
-        return _prepare(candidate, settings, store, encoder.preprocess)
+        return _prepare(candidate, settings, store, encoder.prepare)
 
     try:
         with ThreadPoolExecutor(settings.ingest_workers, thread_name_prefix="ingest") as pool:

@@ -180,3 +180,57 @@ def test_taps_of_a_stage_that_did_not_run_are_an_error(tiny_encoder: Encoder) ->
         pass
     with pytest.raises(EncoderError, match="did not run"):
         taps.tensor(1)
+
+
+def _images_of_every_kind() -> list[Image.Image]:
+    """Modes and sizes ingest meets: RGB, grey, palette, alpha, tiny, wide, tall."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8))
+    return [
+        rgb,
+        rgb.convert("L"),
+        rgb.convert("P"),
+        rgb.convert("RGBA"),
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)),
+        Image.fromarray(rng.integers(0, 256, (300, 40, 3), dtype=np.uint8)),
+    ]
+
+
+@pytest.mark.parametrize("size", [64, 224])
+def test_prepared_batches_equal_preprocess_exactly(size: int) -> None:
+    import open_clip
+
+    from core.encoder.model import _split
+
+    preprocess = open_clip.image_transform(size, is_train=False, mean=(0.48, 0.45, 0.4))
+    assert _split(preprocess) is not None
+    encoder = Encoder.__new__(Encoder)  # only the preprocessing is under test
+    encoder.preprocess, encoder._split = preprocess, _split(preprocess)
+    images = _images_of_every_kind()
+    prepared = [encoder.prepare(image) for image in images]
+    assert all(p.dtype == torch.uint8 and p.shape == (size, size, 3) for p in prepared)
+    batch = encoder.pixels(prepared)
+    expected = torch.stack([preprocess(image) for image in images])
+    assert batch.shape == expected.shape == (len(images), 3, size, size)
+    assert torch.equal(batch, expected)  # the same float operations: bit for bit
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_preprocess_that_does_not_split_is_applied_whole(tiny_encoder: Encoder) -> None:
+    def whole(image: Image.Image) -> torch.Tensor:
+        return tiny_encoder.preprocess(image.convert("L").convert("RGB"))
+
+    plain = Encoder(tiny_encoder.spec, tiny_encoder.model, whole)
+    images = _images_of_every_kind()
+    prepared = [plain.prepare(image) for image in images]
+    assert all(p.dtype == torch.float32 for p in prepared)
+    assert torch.equal(plain.pixels(prepared), torch.stack([whole(i) for i in images]))
+    np.testing.assert_array_equal(
+        plain.encode(images), plain.encode_pixels(torch.stack([whole(i) for i in images]))
+    )
+
+
+def test_encode_is_preprocess_then_the_tower(tiny_encoder: Encoder) -> None:
+    images = _images_of_every_kind()
+    expected = tiny_encoder.encode_pixels(torch.stack([tiny_encoder.preprocess(i) for i in images]))
+    np.testing.assert_allclose(tiny_encoder.encode(images, batch_size=4), expected, atol=1e-6)
