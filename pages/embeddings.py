@@ -1,11 +1,18 @@
-"""Embeddings: a 2-D map of a version's gallery, the last query, feedback, two versions aligned."""
+"""Embeddings: a 2-D map of a version's gallery, the last query, feedback, two versions aligned.
+
+UMAP maps and the cohesion table come from the map job's cache; while one is missing the page
+shows the version's last map (if it has one) and the job's progress, and starts the job. PCA
+is quick and computed here (cached on disk too).
+"""
 
 import streamlit as st
 
 from core.choices import PROJECTION_METHODS
-from core.measure.maps import align_layout, cohesion_table, layout, map_view
+from core.measure.map_job import missing_maps
+from core.measure.maps import align_layout, cohesion_columns, layout, map_view
 from core.measure.projection import Layout
-from ui.charts import embedding_map
+from ui.charts import MAP_SELECTIONS, embedding_map, map_selection
+from ui.jobs import ensure_maps, follow_job, map_cache
 from ui.resources import get_studio
 from ui.state import current_user, preset_gallery_pick, require_app_frame
 from ui.text import COHESION_CAPTION, MAP_CAPTION
@@ -43,32 +50,46 @@ chosen = versions_column.multiselect(
 if not chosen:
     st.stop()
 
-records = studio.images_by_id()
+cache = map_cache(studio)
+signature = studio.image_signature()
 
 
-def compute(version: str) -> Layout:
-    with st.status(f"Mapping {version} ({method.upper()})…", expanded=False) as status:
-        mapped = layout(studio, version, method, stage=status.write)
-        status.update(label=f"{version}: {len(mapped.ids):,} points", state="complete")
-    return mapped
+def find(version: str) -> Layout | None:
+    """The version's map: PCA computed here, UMAP from the cache (or its last map)."""
+    if method == "pca":
+        with st.spinner(f"Mapping {version} (PCA)…"):
+            return layout(studio, version, "pca")
+    return cache.get(version, "umap", signature) or cache.latest(version, "umap")
 
 
-layouts = {version: compute(version) for version in chosen}
-if len(chosen) == 2:  # rotate the second map onto the first, so drift is movement
+layouts = {version: mapped for version in chosen if (mapped := find(version)) is not None}
+if missing_maps(studio.store, studio.index, cache, chosen):
+    earlier = [v for v in layouts if method == "umap" and not cache.has(v, "umap", signature)]
+    if earlier:
+        st.caption(f"Earlier map of {', '.join(earlier)}: the gallery has changed since.")
+    follow_job("Mapping", lambda retry: ensure_maps(studio, chosen, retry=retry))
+if not layouts:
+    st.stop()
+if len(layouts) == 2:  # rotate the second map onto the first, so drift is movement
     layouts[chosen[1]] = align_layout(layouts[chosen[0]], layouts[chosen[1]])
 
+records = studio.images(list({i for mapped in layouts.values() for i in mapped.ids}))
 selected_id: str | None = None
-for column, (version, mapped) in zip(st.columns(len(chosen)), layouts.items(), strict=True):
+for column, (version, mapped) in zip(st.columns(len(layouts)), layouts.items(), strict=True):
     view = map_view(studio, version, mapped, records, user.id, feedback=show_feedback)
     title = f"{version} · {mapped.method.upper()}"
-    figure = embedding_map(view.points, color, title, view.query, view.links, view.feedback)
+    chart = embedding_map(view.points, color, title, view.query, view.links, view.feedback)
     with column:
         if mapped.sampled:
             st.caption(f"Sampled: {len(mapped.ids):,} of {mapped.total:,} images are drawn.")
-        event = st.plotly_chart(
-            figure, key=f"map-{version}", on_select="rerun", selection_mode=("points", "box")
+        event = st.altair_chart(
+            chart,
+            key=f"map-{version}",
+            on_select="rerun",
+            selection_mode=MAP_SELECTIONS,
+            width="stretch",
         )
-        picked = [p["customdata"][0] for p in event.selection.points if p.get("customdata")]
+        picked = map_selection(event.selection, view.points)
         selected_id = selected_id or (picked[0] if picked else None)
 
 st.caption(MAP_CAPTION)
@@ -84,5 +105,10 @@ if selected_id is not None and selected_id in records:
 
 st.subheader("Cohesion per label")
 st.caption(COHESION_CAPTION)
-table = cohesion_table(studio, chosen, records)
-st.dataframe(table.sort_values(f"{chosen[-1]} gap"), hide_index=True, width="stretch")
+tables = {version: cache.get_cohesion(version, signature) for version in chosen}
+ready = {version: table for version, table in tables.items() if table is not None}
+if len(ready) < len(chosen):
+    st.caption("Computed with the map, in the background: it appears when the map job is done.")
+if ready:
+    table = cohesion_columns(ready)
+    st.dataframe(table.sort_values(f"{list(ready)[-1]} gap"), hide_index=True, width="stretch")
