@@ -16,8 +16,10 @@ SCALE_DATA ?= $(CURDIR)/data-scale
 LIMIT ?=
 .PHONY: run test install browser demo lint typecheck unit bench bench-load bench-scale loop clean
 
-## run: set up everything, fetch and index the demo gallery, start the app on $(PORT)
+## run: set up everything, fetch and index the demo gallery, compute its map (so the Embeddings
+## page opens from the cache), start the app on $(PORT)
 run: demo
+	$(PY) -m core map-job
 	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --server.address 0.0.0.0
 
 ## test: the same set-up, then lint, type checks and the whole test suite (browser tests too)

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from ui.jobs import ensure_maps
 from ui.resources import get_studio
 from ui.state import mark_app_frame
 from ui.widgets import calm_rendering, sidebar, user_picker
@@ -24,4 +25,5 @@ studio = get_studio()
 studio.encoder()  # load the cached encoder now, not on the first upload
 user_picker(studio)
 sidebar(studio)
+ensure_maps(studio)  # a gallery state or version without its map: the map job computes it
 navigation.run()

@@ -261,6 +261,35 @@ def cmd_project(studio: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+# --- background measuring jobs: the app starts them; `make run` runs the map job first --------
+
+
+def _job_result(status: Any, as_json: bool) -> int:
+    _emit(status.as_dict(), as_json, status.describe())
+    if status.state == "failed":
+        print(f"error: {status.message}", file=sys.stderr)
+    return 0 if status.state == "done" else 1
+
+
+def cmd_map_job(settings: Any, args: argparse.Namespace) -> int:
+    """Torch-free (no Studio): the store, the index and the map cache are all it needs."""
+    from core.measure.projection import NUMBA_CACHE_ENV
+
+    # numba reads its cache folder once, on import: set it before anything imports umap
+    os.environ[NUMBA_CACHE_ENV] = str(settings.numba_cache_dir.resolve())
+    from core.measure.map_job import run_map_job
+
+    return _job_result(run_map_job(settings, args.model, args.method, wait=True), args.json)
+
+
+def cmd_eval_job(studio: Any, args: argparse.Namespace) -> int:
+    from core.measure.eval_job import EvalRequest, run_eval_job
+
+    versions = tuple(args.model or [studio.active_version().version])
+    request = EvalRequest(versions, args.split, args.k, args.relevance)
+    return _job_result(run_eval_job(studio, request, wait=True), args.json)
+
+
 def _bench_browser(studio: Any, args: argparse.Namespace) -> int:
     from core.measure.load import browser_load
 
@@ -392,6 +421,25 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("out", help="CSV with image_id, label, x, y")
     project.add_argument("--model", help="version (default: the active one)")
     project.add_argument("--method", choices=PROJECTION_METHODS, default="umap")
+    map_job = add(
+        "map-job",
+        cmd_map_job,
+        "Compute and cache the maps and cohesion tables the Embeddings page shows (the app "
+        "starts it in the background when one is missing).",
+    )
+    map_job.add_argument("--model", action="append", help="version, repeatable (default: active)")
+    map_job.add_argument("--method", choices=PROJECTION_METHODS, default="umap")
+    map_job.set_defaults(studio=False)  # torch-free: the handler gets the settings
+    eval_job = add(
+        "eval-job",
+        cmd_eval_job,
+        "Store the evaluations and cache the rankings the Metrics page shows (the page starts "
+        "it in the background for what is missing).",
+    )
+    eval_job.add_argument("--model", action="append", help="version, repeatable (default: active)")
+    eval_job.add_argument("--split", choices=EVAL_SPLITS, default="all")
+    eval_job.add_argument("-k", type=int, default=10)
+    eval_job.add_argument("--relevance", choices=RELEVANCE_SOURCES, default="labels")
     bench = add("bench", cmd_bench, "Measure ingest speed, search latency and index recall.")
     bench.add_argument("--folder", help="images to time ingest on (default: the demo stamps)")
     bench.add_argument(
@@ -432,11 +480,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from core.config import load_settings
-    from core.studio import Studio
 
     try:
-        studio = Studio(load_settings(args.data_dir))
-        return int(args.handler(studio, args))
+        settings = load_settings(args.data_dir)
+        if not getattr(args, "studio", True):  # a command that needs no encoder or Studio
+            return int(args.handler(settings, args))
+        from core.studio import Studio
+
+        return int(args.handler(Studio(settings), args))
     except LookalikeError as exc:  # a user's mistake: one sentence, never a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1

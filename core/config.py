@@ -95,6 +95,21 @@ class Settings:
         return self.data_dir / "projections"
 
     @property
+    def jobs_dir(self) -> Path:
+        """Background measuring jobs (maps, evaluations): one status file and log per kind."""
+        return self.data_dir / "jobs"
+
+    @property
+    def numba_cache_dir(self) -> Path:
+        """numba's compiled UMAP functions, kept on disk for the next map process."""
+        return self.data_dir / "numba"
+
+    @property
+    def rankings_dir(self) -> Path:
+        """Cached rankings behind the Metrics page's curves and worst queries."""
+        return self.data_dir / "rankings"
+
+    @property
     def demo_dir(self) -> Path:
         """Where the demo gallery's Debian package is downloaded and unpacked."""
         return self.data_dir / "demo"

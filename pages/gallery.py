@@ -1,4 +1,6 @@
-"""Gallery: add images (folder path, zip, browser upload or the demo gallery) and browse them."""
+"""Gallery: add images (folder path, zip, browser upload or the demo gallery) and browse them,
+a page at a time: the catalog is paged and counted in SQL, and only the page's thumbnails are
+read, so 70,000 images browse as fast as 70."""
 
 from pathlib import Path
 
@@ -9,11 +11,8 @@ from core.gallery.demo import DemoDataError, fetch_demo_stamps
 from core.gallery.ingest import IngestReport
 from ui.resources import get_studio
 from ui.state import require_app_frame
-from ui.text import ALL_LABELS, UPLOAD_GALLERY_TYPES
+from ui.text import ALL_LABELS, GALLERY_COLUMNS, GALLERY_PAGE_SIZE, UPLOAD_GALLERY_TYPES
 from ui.widgets import progress_bar
-
-PAGE_SIZE = 40
-COLUMNS = 8
 
 require_app_frame(__file__)
 studio = get_studio()
@@ -88,14 +87,14 @@ with browse:
         options,
         format_func=lambda x: x if x == ALL_LABELS else f"{x} ({counts[x]})",
     )
-    records = studio.list_images(label=None if label == ALL_LABELS else label)
-    pages = max(1, -(-len(records) // PAGE_SIZE))
-    page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1)
-    shown = records[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
-    for start in range(0, len(shown), COLUMNS):
-        for column, record in zip(
-            st.columns(COLUMNS), shown[start : start + COLUMNS], strict=False
-        ):
+    chosen = None if label == ALL_LABELS else label
+    pages = max(1, -(-studio.count_images(label=chosen) // GALLERY_PAGE_SIZE))
+    page = st.number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, value=1)
+    offset = (page - 1) * GALLERY_PAGE_SIZE
+    shown = studio.list_images(chosen, limit=GALLERY_PAGE_SIZE, offset=offset)
+    for start in range(0, len(shown), GALLERY_COLUMNS):
+        row = shown[start : start + GALLERY_COLUMNS]
+        for column, record in zip(st.columns(GALLERY_COLUMNS), row, strict=False):
             column.image(str(studio.thumb_path(record.id)), width="stretch")
             column.caption(f"{record.original_name}  \n{record.label or 'unlabelled'}")
     doomed = st.multiselect(

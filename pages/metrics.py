@@ -1,25 +1,29 @@
-"""Metrics: offline ranking metrics by version and by label, online CTR, the worst queries."""
+"""Metrics: offline ranking metrics by version and by label, online CTR, the worst queries.
+
+The offline numbers are read, never computed here: stored evaluation runs (the bars, the
+per-label table) and cached rankings (the curves, the worst queries). What is missing for the
+chosen settings the evaluation job computes in the background, its progress shown on the page,
+while what is stored shows at once (`core.measure.eval_job`).
+"""
 
 import pandas as pd
 import streamlit as st
 
 from core.choices import EVAL_SPLITS, METRIC_NAMES, RELEVANCE_SOURCES
-from core.measure.evaluation import (
-    EvaluationError,
-    Ranking,
-    evaluate,
-    metric_curves,
-    studio_ranking,
-    worst_queries,
+from core.measure.eval_job import (
+    CURVE_DEPTH,
+    EvalRequest,
+    current_signature,
+    missing_evaluations,
+    stored_evaluations,
 )
+from core.measure.evaluation import worst_queries
 from core.measure.online import click_through, labelled_share, rates_by, similar_share
-from core.studio import Studio
 from ui.charts import METRIC_LABELS, curves, rate_chart, versions_bars
+from ui.jobs import ensure_evaluations, follow_job, ranking_cache
 from ui.resources import get_studio
 from ui.state import require_app_frame
 from ui.text import METRIC_NOTES
-
-CURVE_KS = range(1, 51)
 
 require_app_frame(__file__)
 studio = get_studio()
@@ -29,18 +33,10 @@ if studio.count_images() == 0:
     st.stop()
 
 
-@st.cache_data(show_spinner="Ranking…", max_entries=16)
-def ranking(
-    _studio: Studio, data_dir: str, version: str, split: str, relevance: str, signature: str
-) -> Ranking:
-    """Every query of the split ranked 50 deep; cached per gallery and log state."""
-    return studio_ranking(_studio, version, split, relevance, max(CURVE_KS))
-
-
 versions = studio.indexed_versions()
 split_column, k_column, relevance_column = st.columns(3)
 split = split_column.segmented_control("Split", EVAL_SPLITS, default="all", required=True)
-k = k_column.slider("Cutoff k", min_value=1, max_value=50, value=10)
+k = k_column.slider("Cutoff k", min_value=1, max_value=CURVE_DEPTH, value=10)
 relevance = relevance_column.segmented_control(
     "Relevance",
     RELEVANCE_SOURCES,
@@ -49,28 +45,29 @@ relevance = relevance_column.segmented_control(
     help="labels: same category · feedback: what people marked similar / graded",
 )
 chosen = st.multiselect("Model versions", versions, default=versions)
-signature = studio.state_signature()
+request = EvalRequest(tuple(chosen), split, k, relevance)
+stored = stored_evaluations(studio.store, request)
+evaluations = [stored[v].evaluation for v in chosen if v in stored]
+signature = current_signature(studio.store, relevance)
+rankings = ranking_cache(studio)
+curve_frames = {v: rankings.curves(v, split, relevance, signature) for v in chosen}
+ranked = [v for v in chosen if curve_frames[v] is not None]
 offline, per_label, online, worst = st.tabs(["Offline", "By label", "Online", "Worst queries"])
 
-try:
-    evaluations = [evaluate(studio, v, split, k, relevance, reuse=True) for v in chosen]
-    rankings = {
-        v: ranking(studio, str(studio.settings.data_dir), v, split, relevance, signature)
-        for v in chosen
-    }
-except EvaluationError as exc:
-    evaluations, rankings = [], {}
-    offline.info(str(exc))
-
 with offline:
+    if chosen and missing_evaluations(studio.store, rankings, request):
+        follow_job("Evaluating", lambda retry: ensure_evaluations(studio, request, retry=retry))
     if evaluations:
         counted = ", ".join(f"{e.model}: {e.n_queries} queries" for e in evaluations)
         st.caption(f"Split {split}, k = {k}, relevance from {relevance} ({counted}).")
+        if stale := [v for v, s in stored.items() if not s.current]:
+            st.caption(f"{', '.join(stale)}: measured before the latest changes; updating.")
         st.plotly_chart(versions_bars(evaluations), width="stretch")
         for name in METRIC_NAMES:
             st.caption(METRIC_NOTES[name])
+    if ranked:
         st.subheader("Metric@k, k = 1…50")
-        frames = [metric_curves(r, CURVE_KS).assign(version=v) for v, r in rankings.items()]
+        frames = [frame.assign(version=v) for v, frame in curve_frames.items() if frame is not None]
         st.plotly_chart(curves(pd.concat(frames)), width="stretch")
 
 with per_label:
@@ -117,13 +114,15 @@ with online:
             column.plotly_chart(chart, width="stretch")
 
 with worst:
-    if rankings:
-        version = st.selectbox("Version", list(rankings), key="worst_version")
+    if ranked:
+        version = st.selectbox("Version", ranked, key="worst_version")
         metric = st.segmented_control(
             "Worst by", METRIC_NAMES, default="map", format_func=METRIC_LABELS.get, required=True
         )
-        records = studio.images_by_id()
-        for row in worst_queries(rankings[version], k, n=5, metric=metric).itertuples():
+        ranking = rankings.get(version, split, relevance, signature)
+        rows = [] if ranking is None else list(worst_queries(ranking, k, 5, metric).itertuples())
+        records = studio.images([i for row in rows for i in [row.query_id, *row.results]])
+        for row in rows:
             query = records.get(row.query_id)
             score = getattr(row, metric)
             st.markdown(f"**{row.label or 'unlabelled'}** · {METRIC_LABELS[metric]} {score:.3f}")

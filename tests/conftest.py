@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from core.config import Settings, load_settings
 from core.encoder.model import Encoder, load_encoder
 from core.gallery.demo import STAMPS_SUBDIR
-from tests.helpers import FED_PER_LABEL, GALLERY_LABELS, TINY, generated_image
+from tests.helpers import FED_PER_LABEL, GALLERY_LABELS, TINY, SpawnedJob, generated_image
 
 if TYPE_CHECKING:
     from core.studio import Studio
@@ -91,3 +93,25 @@ def fed(studio: Studio, make_gallery: Callable[..., Path]) -> Studio:
     studio.ingest([make_gallery(per_label=FED_PER_LABEL)], label_from_folders=True)
     simulate(studio, n_queries=40, seed=0, k=5)
     return studio
+
+
+@pytest.fixture
+def fake_spawn(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[SpawnedJob]]:
+    """Background measuring jobs start a stand-in instead of `python -m core <kind>-job`: a
+    process that sleeps with the job's arguments on its command line (so it reads as that job,
+    alive until killed), stopped at teardown. The list records each one, in order."""
+    import core.measure.jobs
+
+    spawned: list[SpawnedJob] = []
+
+    def spawn(settings: object, kind: str, request: list[str]) -> int:
+        command = [sys.executable, "-c", "import time; time.sleep(300)", f"{kind}-job", *request]
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        spawned.append(SpawnedJob(kind, list(request), process))
+        return process.pid
+
+    monkeypatch.setattr(core.measure.jobs, "_spawn", spawn)
+    yield spawned
+    for job in spawned:
+        job.process.kill()
+        job.process.wait()

@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,15 @@ SEED_COLUMNS_WITH_QUERY_ID = [*SEED_COLUMNS, "QueryID"]  # interactions(with_que
 
 
 TINY = "tiny-test"
+
+
+@dataclass(frozen=True)
+class SpawnedJob:
+    """A stand-in for a background job's process (the `fake_spawn` fixture)."""
+
+    kind: str
+    request: list[str]
+    process: subprocess.Popen[bytes]
 
 
 GALLERY_LABELS = ("shapes/circles", "shapes/squares", "colours/red", "colours/blue")

@@ -77,6 +77,9 @@ CLI_CHOICES = {  # (sub-command, option) -> the tuple in core.choices it must of
     ("evaluate", "--relevance"): "RELEVANCE_SOURCES",
     ("train", "--mode"): "TRAIN_MODES",
     ("project", "--method"): "PROJECTION_METHODS",
+    ("map-job", "--method"): "PROJECTION_METHODS",
+    ("eval-job", "--split"): "EVAL_SPLITS",
+    ("eval-job", "--relevance"): "RELEVANCE_SOURCES",
     ("export-interactions", "--format"): "EXPORT_FORMATS",
     ("demo-data", "--set"): "DEMO_SETS",
 }

@@ -24,6 +24,8 @@ METRIC_NOTES = {
 # pages preset the source by key (`ui.state.preset_gallery_pick`), never by display text.
 QUERY_SOURCE_LABELS = {"upload": "Upload an image", "gallery": "Pick from the gallery"}
 ALL_LABELS = "(all)"  # the label filter's "no filter" choice
+GALLERY_PAGE_SIZE = 40  # images per Gallery page (read from the catalog a page at a time)
+GALLERY_COLUMNS = 8  # thumbnails per row
 
 # What the upload boxes accept: every image format ingest reads, and zips where whole galleries go.
 UPLOAD_IMAGE_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)

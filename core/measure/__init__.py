@@ -1,2 +1,3 @@
 """Measuring whether search got better: metrics (pure), offline evaluation, online CTR,
-projections and maps of the embedding space, the simulated user, and benchmarks."""
+projections and maps of the embedding space, the background jobs that compute maps and
+evaluations for the pages, the simulated user, and benchmarks."""

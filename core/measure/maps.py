@@ -8,20 +8,21 @@ index and the log. The Embeddings page and `python -m core project` only render 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from core.measure.evaluation import feedback_gains
-from core.measure.projection import Layout, ProjectionCache, Stage, align, cohesion, place
+from core.measure.projection import Layout, ProjectionCache, Stage, align, place
 from core.store import ImageRecord
 from core.studio import Studio
 
 UNLABELLED = "(unlabelled)"
-COHESION_SAMPLE = 5_000  # images per version the cohesion table reads (the table is n² work)
 MAX_FEEDBACK_LINES = 150  # judged pairs drawn at most; more would hide the map
+PLACE_NEIGHBOURS = 10  # a query lands among this many of its nearest mapped images (`place`)
 
 
 def layout(
@@ -94,9 +95,7 @@ def map_view(
     if last is not None:
         found = studio.query_vectors(version)([last.query_image_id])
         if last.query_image_id in found:
-            _, vectors = studio.index.get_embeddings(version, layout.ids)
-            spot = place(found[last.query_image_id][None], vectors, layout.coords)[0]
-            query = (float(spot[0]), float(spot[1]))
+            query = place_query(studio, version, layout, found[last.query_image_id])
             shown = [i for i in studio.store.feedback.shown(last.id) if i in where.index]
             links = where.loc[shown].reset_index()
     gains = feedback_gains(studio.store.feedback.interactions()) if feedback else {}
@@ -111,22 +110,30 @@ def map_view(
     return MapView(points, query, links, frame)
 
 
-def cohesion_table(
-    studio: Studio,
-    versions: Sequence[str],
-    records: dict[str, ImageRecord],
-    sample: int = COHESION_SAMPLE,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Per label and version: mean cosine within the label, to the other labels, and the gap
-    (`projection.cohesion`), one column group per version. A version with more than `sample`
-    images is read on a seeded sample of them."""
-    tables = []
-    for version in versions:
-        ids, vectors = studio.index.get_embeddings(version)
-        if len(ids) > sample:
-            rows = np.sort(np.random.default_rng(seed).choice(len(ids), sample, replace=False))
-            ids, vectors = [ids[i] for i in rows], vectors[rows]
-        table = cohesion(vectors, [records[i].label if i in records else None for i in ids])
-        tables.append(table.set_index(["label", "images"]).add_prefix(f"{version} "))
-    return pd.concat(tables, axis=1).reset_index()
+def place_query(
+    studio: Studio, version: str, layout: Layout, vector: np.ndarray
+) -> tuple[float, float] | None:
+    """A (d,) query vector's spot on `layout`: `place` among its `PLACE_NEIGHBOURS` nearest
+    mapped images, found through the index rather than by reading every mapped vector (20,000
+    of them for a large gallery); a sampled map asks the index for as many more as it leaves
+    out. None when none of its neighbours is on the map."""
+    rows = {image_id: n for n, image_id in enumerate(layout.ids)}
+    wanted = PLACE_NEIGHBOURS * math.ceil(layout.total / max(len(layout.ids), 1))
+    hits = studio.index.query(version, vector[None], min(wanted, max(layout.total, 1)))[0]
+    near = [hit.image_id for hit in hits if hit.image_id in rows][:PLACE_NEIGHBOURS]
+    ids, vectors = studio.index.get_embeddings(version, near)  # (m, d)
+    if not ids:
+        return None
+    coords = layout.coords[[rows[i] for i in ids]]  # (m, 2)
+    spot = place(vector[None], vectors, coords, k=len(ids))[0]
+    return float(spot[0]), float(spot[1])
+
+
+def cohesion_columns(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Versions' `projection.cohesion` tables side by side: per label, the images and one
+    column group per version (`<version> within`, `between`, `gap`)."""
+    indexed = [
+        table.set_index(["label", "images"]).add_prefix(f"{version} ")
+        for version, table in tables.items()
+    ]
+    return pd.concat(indexed, axis=1).reset_index()

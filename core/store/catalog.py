@@ -71,6 +71,15 @@ class User:
     created_at: str
 
 
+def _label_filter(label: str | None) -> tuple[list[str], list[object]]:
+    """SQL clauses and parameters matching `label` or any of its sub-labels (none: all)."""
+    if label is None:
+        return [], []
+    # A prefix test, not LIKE: LIKE ignores ASCII case, so "animals" would match
+    # "Animals/cats" while "Animals" itself (a different label) would not.
+    return ["(label = ? OR substr(label, 1, ?) = ?)"], [label, len(label) + 1, label + "/"]
+
+
 def _image(row: sqlite3.Row) -> ImageRecord:
     return ImageRecord(**dict(row))
 
@@ -147,13 +156,7 @@ class Store(Database):
         """Catalogued images, oldest first; `label` matches the label or any sub-label."""
         if split is not None and split not in SPLITS:
             raise StoreError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
-        clauses: list[str] = []
-        params: list[object] = []
-        if label is not None:
-            # A prefix test, not LIKE: LIKE ignores ASCII case, so "animals" would match
-            # "Animals/cats" while "Animals" itself (a different label) would not.
-            clauses.append("(label = ? OR substr(label, 1, ?) = ?)")
-            params += [label, len(label) + 1, label + "/"]
+        clauses, params = _label_filter(label)
         if split is not None:
             clauses.append("split = ?")
             params.append(split)
@@ -163,18 +166,26 @@ class Store(Database):
         with self.connect() as conn:
             return [_image(row) for row in conn.execute(sql, params)]
 
-    def count_images(self) -> int:
+    def count_images(self, *, label: str | None = None) -> int:
+        """Catalogued images; `label` counts the label and its sub-labels, as `list_images`."""
+        clauses, params = _label_filter(label)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self.connect() as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+            return int(conn.execute(f"SELECT COUNT(*) FROM images {where}", params).fetchone()[0])
 
-    def state_signature(self) -> str:
-        """Changes whenever the gallery or the log changes: images, labels, interactions."""
+    def image_signature(self) -> str:
+        """Changes whenever the gallery changes: images added or removed, labels."""
         with self.connect() as conn:
             images = conn.execute(
                 "SELECT COUNT(*), COUNT(label), MAX(added_at), SUM(length(id) * rowid) FROM images"
             ).fetchone()
+        return f"images={images[0]}/{images[1]}/{images[2]}/{images[3]}"
+
+    def state_signature(self) -> str:
+        """Changes whenever the gallery or the log changes: images, labels, interactions."""
+        with self.connect() as conn:
             log = conn.execute("SELECT MAX(id) FROM interactions").fetchone()
-        return f"images={images[0]}/{images[1]}/{images[2]}/{images[3]}|log={log[0]}"
+        return f"{self.image_signature()}|log={log[0]}"
 
     def label_counts(self) -> dict[str, int]:
         """Images per label (unlabelled images under the empty string), largest first."""

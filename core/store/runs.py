@@ -92,15 +92,20 @@ class RunLog:
         return [_run(row) for row in rows]
 
     def latest_evaluation(
-        self, model_version: str, split: str, k: int, relevance: str, signature: str
+        self, model_version: str, split: str, k: int, relevance: str, signature: str | None
     ) -> EvaluationRun | None:
-        """The newest run with these settings on this exact gallery state, if any."""
+        """The newest run with these settings on this exact gallery state (`signature`), or
+        on any state (None: what a page shows while a newer one is computed), if any."""
+        sql = (
+            "SELECT * FROM evaluation_runs WHERE model_version = ? AND split = ? AND k = ?"
+            " AND relevance = ?"
+        )
+        params: list[object] = [model_version, split, k, relevance]
+        if signature is not None:
+            sql += " AND signature = ?"
+            params.append(signature)
         with self._db.connect() as conn:
-            row = conn.execute(
-                "SELECT * FROM evaluation_runs WHERE model_version = ? AND split = ? AND k = ?"
-                " AND relevance = ? AND signature = ? ORDER BY id DESC LIMIT 1",
-                (model_version, split, k, relevance, signature),
-            ).fetchone()
+            row = conn.execute(f"{sql} ORDER BY id DESC LIMIT 1", params).fetchone()
         return None if row is None else _run(row)
 
 

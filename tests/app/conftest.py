@@ -9,6 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.studio import Studio
+from tests.helpers import SpawnedJob
 
 APP = str(Path(__file__).parents[2] / "app.py")
 
@@ -23,3 +24,10 @@ def app(monkeypatch: pytest.MonkeyPatch, studio: Studio) -> Callable[[], AppTest
         return AppTest.from_file(APP, default_timeout=60)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def jobs_started(fake_spawn: list[SpawnedJob]) -> list[SpawnedJob]:
+    """No page test starts a real map or evaluation process: app.py asks for the map job on
+    every run. The stand-ins the pages started, in order."""
+    return fake_spawn

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
+import ui.text
+from core.store import ImageRecord, Store
 from core.studio import Studio
-from tests.helpers import GALLERY_LABELS, generated_image, png_bytes
+from tests.helpers import GALLERY_LABELS, generated_image, png_bytes, raw
 
 
 def gallery_page(app: Callable[[], AppTest]) -> AppTest:
@@ -54,3 +57,74 @@ def test_browse_filters_by_label(
     names = [c.value for c in at.caption if "colours/red" in c.value]
     assert len(names) == 3
     assert not any("shapes/" in c.value for c in at.caption)
+
+
+def thumbnails(at: AppTest) -> list[tuple[str, str]]:
+    """(file name, label) under each thumbnail shown, in order."""
+    shown = [c.value.split("  \n") for c in at.caption if "  \n" in c.value]
+    return [(name, label) for name, label in shown]
+
+
+def catalog_order(studio: Studio, label_prefix: str = "") -> list[tuple[str, str]]:
+    """(file name, label) of the catalog oldest first, straight from SQLite."""
+    rows = raw(
+        studio.settings.catalog_path,
+        "SELECT original_name, label FROM images WHERE label LIKE ? ORDER BY added_at, id",
+        (f"{label_prefix}%",),
+    )
+    return [(str(name), str(label)) for name, label in rows]
+
+
+@pytest.fixture
+def paged(
+    studio: Studio, make_gallery: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> list[dict[str, object]]:
+    """12 images, 5 per page; records every `list_images` call the page makes."""
+    studio.ingest([make_gallery(per_label=3)], label_from_folders=True)
+    monkeypatch.setattr(ui.text, "GALLERY_PAGE_SIZE", 5)
+    calls: list[dict[str, object]] = []
+    real = Store.list_images
+
+    def spy(self: Store, **kwargs: object) -> list[ImageRecord]:
+        calls.append(kwargs)
+        return real(self, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "list_images", spy)
+    return calls
+
+
+def test_browse_pages_through_the_catalog_in_sql(
+    app: Callable[[], AppTest], studio: Studio, paged: list[dict[str, object]]
+) -> None:
+    expected = catalog_order(studio)
+    at = gallery_page(app)
+    assert at.number_input[0].label == "Page (of 3)"
+    assert thumbnails(at) == expected[:5] and len(at.image) == 5  # only the page's thumbnails
+    at.number_input[0].set_value(2).run()
+    assert thumbnails(at) == expected[5:10] and len(at.image) == 5
+    at.number_input[0].set_value(3).run()
+    assert thumbnails(at) == expected[10:] and len(at.image) == 2
+    # every read asked the catalog for one page, never for all of it
+    assert paged and all(call.get("limit") == 5 for call in paged)
+    assert {call.get("offset") for call in paged} == {0, 5, 10}
+
+
+def test_a_filter_and_a_page_together(
+    app: Callable[[], AppTest],
+    studio: Studio,
+    paged: list[dict[str, object]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ui.text, "GALLERY_PAGE_SIZE", 2)
+    expected = catalog_order(studio, "shapes/circles")
+    assert len(expected) == 3
+    at = gallery_page(app)
+    next(s for s in at.selectbox if s.label == "Filter by label").set_value("shapes/circles").run()
+    assert not at.exception
+    assert at.number_input[0].label == "Page (of 2)"
+    assert thumbnails(at) == expected[:2]
+    at.number_input[0].set_value(2).run()
+    assert thumbnails(at) == expected[2:]
+    remove = next(m for m in at.multiselect if m.label == "Remove images")
+    assert len(remove.options) == 1  # only what the page shows can be picked for removal
+    assert {call.get("label") for call in paged} == {None, "shapes/circles"}

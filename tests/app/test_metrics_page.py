@@ -1,23 +1,42 @@
-"""The Metrics page renders its charts from a store filled by `simulate`."""
+"""The Metrics page: stored runs and cached rankings drawn at once, the evaluation job started
+(once) for what is missing, its progress and its failures; the online charts from the log."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.measure.eval_job import EvalRequest, run_eval_job
+from core.measure.evaluation import evaluate_version
 from core.measure.simulate import simulate
 from core.studio import Studio
+from tests.helpers import SpawnedJob
+
+BASE = EvalRequest(("base",))  # all, k = 10, labels: what the page opens on
 
 
 @pytest.fixture
-def metrics_page(
-    app: Callable[[], AppTest], studio: Studio, make_gallery: Callable[..., Path]
-) -> AppTest:
+def simulated(studio: Studio, make_gallery: Callable[..., Path]) -> Studio:
     studio.ingest([make_gallery(per_label=8)], label_from_folders=True)
     simulate(studio, n_queries=20, seed=0, k=5)
+    return studio
+
+
+@pytest.fixture
+def evaluated(simulated: Studio) -> Studio:
+    """The evaluation job has run for what the page opens on, in this process."""
+    assert run_eval_job(simulated, BASE).state == "done"
+    return simulated
+
+
+def open_page(app: Callable[[], AppTest]) -> AppTest:
     at = app().run()
     at.switch_page("pages/metrics.py").run()
     assert not at.exception, at.exception
@@ -28,40 +47,120 @@ def charts(at: AppTest) -> list:  # type: ignore[type-arg]
     return at.get("plotly_chart")
 
 
-def test_offline_and_online_charts_render(metrics_page: AppTest, studio: Studio) -> None:
+def progress_texts(at: AppTest) -> list[str]:
+    return [str(bar.proto.text) for bar in at.get("progress")]
+
+
+def plotly_array(values: Any) -> list[float]:
+    """A figure's numbers as plotly writes them: a list, or base64 bytes with a dtype."""
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), values["dtype"]).tolist()
+    return list(values)
+
+
+def eval_jobs(started: list[SpawnedJob]) -> list[list[str]]:
+    return [job.request for job in started if job.kind == "eval"]
+
+
+def test_stored_metrics_draw_at_once_and_start_no_job(
+    app: Callable[[], AppTest], evaluated: Studio, jobs_started: list[SpawnedJob]
+) -> None:
+    at = open_page(app)
     # versions bars + metric@k curves + four online rate charts
-    assert len(charts(metrics_page)) == 6
-    assert [m.label for m in metrics_page.metric][:2] == ["Impressions", "CTR"]
-    assert metrics_page.metric[0].value == "100"  # 20 simulated queries x 5 results
-    notes = " ".join(c.value for c in metrics_page.caption)
+    assert len(charts(at)) == 6
+    assert [m.label for m in at.metric][:2] == ["Impressions", "CTR"]
+    assert at.metric[0].value == "100"  # 20 simulated queries x 5 results
+    notes = " ".join(c.value for c in at.caption)
     assert "**MRR** rewards" in notes and "**CTR**" in notes
-    # The page's evaluation was stored as a run.
-    [run] = studio.store.runs.evaluations()
-    assert (run.model_version, run.split, run.k, run.relevance) == ("base", "all", 10, "labels")
+    assert progress_texts(at) == [] and eval_jobs(jobs_started) == []
+    at.run()
+    assert len(evaluated.store.runs.evaluations()) == 1  # read, never evaluated again
 
 
-def test_a_revisit_reuses_the_stored_run(metrics_page: AppTest, studio: Studio) -> None:
-    metrics_page.run()
-    assert len(studio.store.runs.evaluations()) == 1
+def test_the_bars_show_the_stored_numbers(app: Callable[[], AppTest], evaluated: Studio) -> None:
+    at = open_page(app)
+    reference = evaluate_version(evaluated.store, evaluated.index, "base", "all", 10, "labels")
+    bars = json.loads(charts(at)[0].proto.spec)["data"]
+    drawn = {
+        (trace["name"], x): y
+        for trace in bars
+        for x, y in zip(trace["x"], plotly_array(trace["y"]), strict=True)
+    }
+    assert drawn[("base", "mAP")] == pytest.approx(reference.map)
+    assert drawn[("base", "MRR")] == pytest.approx(reference.mrr)
 
 
-def test_per_label_table_lists_every_label_worst_first(metrics_page: AppTest) -> None:
-    table = metrics_page.dataframe[0].value
+def test_a_search_does_not_make_label_metrics_stale(
+    app: Callable[[], AppTest], evaluated: Studio, jobs_started: list[SpawnedJob]
+) -> None:
+    simulate(evaluated, n_queries=2, seed=1, k=5)  # the log moves on; the gallery does not
+    at = open_page(app)
+    assert len(charts(at)) == 6 and eval_jobs(jobs_started) == []
+
+
+def test_missing_numbers_start_the_job_once_and_show_its_progress(
+    app: Callable[[], AppTest], simulated: Studio, jobs_started: list[SpawnedJob]
+) -> None:
+    at = open_page(app)
+    assert len(charts(at)) == 4  # the online charts only: nothing offline is stored yet
+    [text] = progress_texts(at)
+    assert text.startswith("Evaluating: eval job · queued")
+    assert eval_jobs(jobs_started) == [BASE.args()]
+    at.run()
+    assert eval_jobs(jobs_started) == [BASE.args()]  # one job at a time
+    assert simulated.store.runs.evaluations() == []  # the page computed nothing itself
+
+
+def test_stored_versions_show_while_only_the_missing_one_is_computed(
+    app: Callable[[], AppTest], evaluated: Studio, jobs_started: list[SpawnedJob]
+) -> None:
+    ids, vectors = evaluated.index.get_embeddings("base")
+    rotation, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(vectors.shape[1],) * 2))
+    evaluated.store.add_model_version("ft-test", "tiny-test", "base", {})
+    evaluated.index.upsert("ft-test", ids, (vectors @ rotation).astype(np.float32))
+    at = open_page(app)
+    assert "base" in charts(at)[0].proto.spec  # the stored bars, at once
+    assert progress_texts(at)
+    assert eval_jobs(jobs_started) == [EvalRequest(("ft-test",)).args()]
+
+
+def test_another_setting_asks_the_job_for_it(
+    app: Callable[[], AppTest], evaluated: Studio, jobs_started: list[SpawnedJob]
+) -> None:
+    at = open_page(app)
+    at.slider[0].set_value(3).run()
+    assert not at.exception, at.exception
+    assert eval_jobs(jobs_started) == [EvalRequest(("base",), k=3).args()]
+    assert len(charts(at)) == 5  # the k = 10 bars are gone; the curves (any k) stay
+
+
+def test_a_failed_job_shows_why_and_runs_again_only_when_asked(
+    app: Callable[[], AppTest], simulated: Studio, jobs_started: list[SpawnedJob]
+) -> None:
+    at = open_page(app)
+    [job] = [job for job in jobs_started if job.kind == "eval"]
+    job.process.kill()  # the job's process dies without a word
+    job.process.wait()
+    at.run()
+    [error] = at.error
+    assert "ended without finishing" in error.value
+    assert eval_jobs(jobs_started) == [BASE.args()]  # not started again on its own
+    next(b for b in at.button if b.label == "Try again").click().run()
+    assert eval_jobs(jobs_started) == [BASE.args(), BASE.args()]
+
+
+def test_per_label_table_lists_every_label_worst_first(
+    app: Callable[[], AppTest], evaluated: Studio
+) -> None:
+    table = open_page(app).dataframe[0].value
     assert sorted(table["label"]) == sorted(
         ["colours/blue", "colours/red", "shapes/circles", "shapes/squares"]
     )
     assert list(table["mAP"]) == sorted(table["mAP"])
 
 
-def test_feedback_relevance_and_another_cutoff(metrics_page: AppTest, studio: Studio) -> None:
-    metrics_page.segmented_control[1].set_value("feedback").run()
-    metrics_page.slider[0].set_value(3).run()
-    assert not metrics_page.exception
-    relevances = {(r.relevance, r.k) for r in studio.store.runs.evaluations()}
-    assert ("feedback", 3) in relevances
-
-
-def test_worst_queries_show_thumbnails(metrics_page: AppTest) -> None:
-    worst_markdown = [m.value for m in metrics_page.markdown if " · mAP " in m.value]
+def test_worst_queries_show_thumbnails(app: Callable[[], AppTest], evaluated: Studio) -> None:
+    at = open_page(app)
+    worst_markdown = [m.value for m in at.markdown if " · mAP " in m.value]
     assert len(worst_markdown) == 5
-    assert len(metrics_page.image) >= 5 * 11  # query + 10 results each
+    assert len(at.image) >= 5 * 11  # query + 10 results each

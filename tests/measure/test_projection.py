@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +34,7 @@ from core.measure.projection import (
     place,
     project,
 )
-from tests.helpers import generated_image, run_cli
+from tests.helpers import ROOT, generated_image, run_cli
 
 if TYPE_CHECKING:
     from core.studio import Studio
@@ -385,6 +388,65 @@ def test_cache_get_and_put_round_trip(tmp_path: Path) -> None:
     assert list(got.ids) == sampled.ids and np.array_equal(got.coords, sampled.coords)
     assert got.sampled and got.total == 120 and got.method == "pca"
     assert cache.get("v1", "umap", "sig") is None and cache.get("v2", "pca", "sig") is None
+
+
+def test_cache_knows_without_reading_and_finds_the_latest_map_of_a_version(
+    tmp_path: Path,
+) -> None:
+    cache = ProjectionCache(tmp_path / "maps")
+    assert cache.latest("v1", "pca") is None  # no folder yet
+    ids, x, _ = well_separated_clusters(per_cluster=5, dim=8)
+    older, newer = project(ids, x, "pca"), project(ids[:12], x[:12], "pca")
+
+    def put(version: str, signature: str, layout: Layout, second: int) -> None:
+        before = set(cache.folder.glob("*.npz"))
+        cache.put(version, signature, layout)
+        [path] = set(cache.folder.glob("*.npz")) - before
+        os.utime(path, ns=(second * 10**9, second * 10**9))
+
+    put("v1", "sig-b", newer, 2)
+    put("v1", "sig-a", older, 1)  # an older file, whatever order they were written in
+    put("v1-pca", "sig-c", older, 3)  # a version whose files start like v1's pca maps
+    latest = cache.latest("v1", "pca")
+    assert latest is not None and list(latest.ids) == newer.ids
+    assert cache.has("v1", "pca", "sig-a") and not cache.has("v1", "pca", "sig-z")
+    assert cache.latest("v1", "umap") is None and cache.latest("v2", "pca") is None
+
+
+def test_cache_keeps_cohesion_tables_per_version_and_state(tmp_path: Path) -> None:
+    cache = ProjectionCache(tmp_path / "maps")
+    x = unit(np.random.default_rng(13).normal(size=(9, 6)))
+    table = cohesion(x, ["a", "a", "b", "b", "b", "solo", None, "a", "b"])
+    assert not cache.has_cohesion("v1", "sig") and cache.get_cohesion("v1", "sig") is None
+    cache.put_cohesion("v1", "sig", table)
+    got = cache.get_cohesion("v1", "sig")
+    assert cache.has_cohesion("v1", "sig") and got is not None
+    pd.testing.assert_frame_equal(got, table, check_dtype=False)  # NaN for "solo" included
+    assert cache.get_cohesion("v1", "other") is None and cache.get_cohesion("v2", "sig") is None
+
+
+@pytest.mark.slow
+def test_a_numba_cache_folder_keeps_umaps_compiled_functions(tmp_path: Path) -> None:
+    """umap-learn marks only `layouts.rdist` cache=True; with a cache folder its other
+    compiled functions (the layout's epochs, the fuzzy set) are saved there too."""
+    folder = tmp_path / "numba"
+    code = (
+        "import numpy as np; from core.measure.projection import umap_2d; "
+        "x = np.random.default_rng(0).normal(size=(60, 8)); "
+        "umap_2d((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "NUMBA_CACHE_DIR": str(folder), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    saved = {path.name.split("-")[0] for path in folder.rglob("*.nbi")}
+    assert "layouts.rdist" in saved  # cached by umap-learn itself
+    assert {"layouts._optimize_layout_euclidean_single_epoch", "umap_.smooth_knn_dist"} <= saved
 
 
 # --- Studio.layout ------------------------------------------------------------------------------

@@ -160,6 +160,14 @@ def test_latest_evaluation_matches_every_setting_and_the_signature(studio: Studi
     assert runs.latest_evaluation("base", "all", 10, "feedback", "s") is None
 
 
+def test_latest_evaluation_on_any_state_is_the_newest_run(studio: Studio) -> None:
+    add_run(studio, signature="images=1|log=1")
+    newest = add_run(studio, signature="images=2|log=1")
+    add_run(studio, k=5, signature="images=3|log=1")
+    assert studio.store.runs.latest_evaluation("base", "all", 10, "labels", None) == newest
+    assert studio.store.runs.latest_evaluation("ft-0001", "all", 10, "labels", None) is None
+
+
 @pytest.mark.parametrize(
     ("column", "value"),
     [("split", "validation"), ("relevance", "clicks"), ("k", 0)],

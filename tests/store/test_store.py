@@ -154,6 +154,19 @@ def test_list_images_label_matches_the_label_and_its_sub_labels_only(
     assert {r.label for r in store.list_images(label=label)} == expected
 
 
+@pytest.mark.parametrize("label", [None, "animals", "Animals", "a_b", "50%", "café", "nothing"])
+def test_count_images_counts_what_list_images_lists(store: Store, label: str | None):
+    store.add_images([record(n, lab) for n, lab in enumerate(LABEL_FILTER_LABELS)])
+    labels = [lab for (lab,) in raw(store.path, "SELECT label FROM images")]
+    prefix = None if label is None else label + "/"
+    expected = sum(
+        label is None or lab == label or (lab is not None and lab.startswith(str(prefix)))
+        for lab in labels
+    )
+
+    assert store.count_images(label=label) == expected == len(store.list_images(label=label))
+
+
 def test_list_images_filters_by_split_and_label_together(store: Store):
     records = [record(n, "animals/cats" if n % 3 else "plants") for n in range(60)]
     store.add_images(records)

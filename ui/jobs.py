@@ -1,0 +1,94 @@
+"""Background jobs as the pages see them: start the map or evaluation job when what a page
+shows is missing, and follow its progress in a fragment, so no script computes a UMAP map or
+ranks a gallery itself (`core.measure.jobs`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+import streamlit as st
+
+from core.measure import eval_job, map_job
+from core.measure.eval_job import EvalRequest, RankingCache
+from core.measure.jobs import JobStatus
+from core.measure.projection import ProjectionCache
+from core.studio import Studio
+
+POLL_SECONDS = 1.0  # how often a waiting page reads the job's status
+
+Ensure = Callable[[bool], JobStatus | None]  # (retry) -> the job's status; None: nothing missing
+
+
+def map_cache(studio: Studio) -> ProjectionCache:
+    return ProjectionCache(studio.settings.projections_dir)
+
+
+def ranking_cache(studio: Studio) -> RankingCache:
+    return RankingCache(studio.settings.rankings_dir)
+
+
+def default_map_versions(studio: Studio) -> list[str]:
+    """The versions the Embeddings page opens on: the active one (when it has vectors)."""
+    active = studio.active_version().version
+    return [active] if studio.index.count(active) else []
+
+
+def ensure_maps(
+    studio: Studio, versions: Sequence[str] | None = None, *, retry: bool = False
+) -> JobStatus | None:
+    """Start the map job for those of `versions` (default: `default_map_versions`) whose UMAP
+    map or cohesion table is not cached for the gallery as it stands, unless a map job runs;
+    its status, or None when nothing is missing. app.py calls it on every run, so a new gallery
+    state or a newly activated version is mapped before anyone opens the page."""
+    wanted = default_map_versions(studio) if versions is None else versions
+    missing = map_job.missing_maps(studio.store, studio.index, map_cache(studio), wanted)
+    if not missing:
+        return None
+    tag = studio.image_signature()
+    return map_job.start_map_job(studio.settings, missing, tag=tag, retry=retry)
+
+
+def ensure_evaluations(
+    studio: Studio, request: EvalRequest, *, retry: bool = False
+) -> JobStatus | None:
+    """Start the evaluation job for the request's versions without a current stored run or
+    cached ranking, unless one runs; its status, or None when nothing is missing."""
+    missing = eval_job.missing_evaluations(studio.store, ranking_cache(studio), request)
+    if not missing:
+        return None
+    tag = studio.state_signature()
+    return eval_job.start_eval_job(studio.settings, request.only(missing), tag=tag, retry=retry)
+
+
+def _elapsed(status: JobStatus) -> str:
+    seconds = (datetime.now(UTC) - datetime.fromisoformat(status.started_at)).total_seconds()
+    return f"{max(seconds, 0):.0f} s"
+
+
+def show_status(status: JobStatus, what: str, ensure: Ensure) -> None:
+    """A live job's progress bar; a failed one's reason, with a button to try again."""
+    if status.live:
+        st.progress(status.fraction, text=f"{what}: {status.describe()} · {_elapsed(status)}")
+    elif status.state == "failed":
+        st.error(f"{what}: {status.message}")
+        if st.button("Try again", key=f"retry-{status.kind}"):
+            ensure(True)
+    else:
+        st.caption(f"{what}: {status.describe()}")
+
+
+def follow_job(what: str, ensure: Ensure) -> None:
+    """Poll the job behind `what` every `POLL_SECONDS` in a fragment (only it reruns):
+    `ensure` starts the job while something is missing and gives the status to show; once
+    nothing is missing, the whole page reruns and draws what arrived."""
+
+    @st.fragment(run_every=POLL_SECONDS)
+    def poll() -> None:
+        status = ensure(False)
+        if status is None:
+            st.rerun()
+        else:
+            show_status(status, what, ensure)
+
+    poll()
