@@ -15,6 +15,8 @@ What callers must know about Chroma (measured on chromadb 1.5.9):
   Chroma server (`IndexSettings.host`) to share an index.
 - HNSW build settings are fixed when a collection is created (later changes apply to new
   collections); nothing is printed on stdout, so `--json` output stays clean.
+- `ef_search` can change afterwards (`set_ef_search`), but a client that has loaded the
+  collection's graph keeps searching with the old value until it is closed and reopened.
 """
 
 from __future__ import annotations
@@ -219,6 +221,18 @@ class VectorIndex:
                 self._api().delete_collection(collection_name(version))
         finally:
             self._invalidate(version)
+
+    def set_ef_search(self, version: str, ef: int) -> None:
+        """Record `ef` (candidates explored per query) on `version`'s collection. It takes
+        effect in clients that open the collection afterwards, not in this one (measured):
+        close this index and open a new one to search with it."""
+        if ef < 1:
+            raise ConfigError(f"ef_search must be at least 1; got {ef}.")
+        col = self._collection(version)
+        if col is None:
+            raise VectorIndexError(f"Model version {version!r} has no index to tune.")
+        with _chroma_errors(f"change ef_search of model version {version!r}"):
+            col.modify(configuration={"hnsw": {"ef_search": ef}})
 
     def get_embeddings(
         self, version: str, ids: Sequence[str] | None = None
