@@ -11,10 +11,11 @@ from core.choices import PROJECTION_METHODS
 from core.measure.map_job import missing_maps
 from core.measure.maps import align_layout, cohesion_columns, layout, map_view
 from core.measure.projection import Layout
-from ui.charts import MAP_SELECTIONS, embedding_map, map_selection
+from ui.charts import MAP_SELECTIONS, MapPick, embedding_map, map_pick
 from ui.jobs import ensure_maps, follow_job, map_cache
+from ui.map_picks import show_pick
 from ui.resources import get_studio
-from ui.state import current_user, preset_gallery_pick, require_app_frame
+from ui.state import current_user, require_app_frame
 from ui.text import COHESION_CAPTION, MAP_CAPTION
 
 require_app_frame(__file__)
@@ -74,7 +75,7 @@ if len(layouts) == 2:  # rotate the second map onto the first, so drift is movem
     layouts[chosen[1]] = align_layout(layouts[chosen[0]], layouts[chosen[1]])
 
 records = studio.images(list({i for mapped in layouts.values() for i in mapped.ids}))
-selected_id: str | None = None
+pick: tuple[str, MapPick] | None = None  # the first map's selection that picked something
 for column, (version, mapped) in zip(st.columns(len(layouts)), layouts.items(), strict=True):
     view = map_view(studio, version, mapped, records, user.id, feedback=show_feedback)
     title = f"{version} · {mapped.method.upper()}"
@@ -89,19 +90,13 @@ for column, (version, mapped) in zip(st.columns(len(layouts)), layouts.items(), 
             selection_mode=MAP_SELECTIONS,
             width="stretch",
         )
-        picked = map_selection(event.selection, view.points)
-        selected_id = selected_id or (picked[0] if picked else None)
+        tree = cache.tree(version, signature, mapped)  # the R-tree stored with the map
+        picked = map_pick(event.selection, view.points, tree.within)
+        pick = pick or (None if picked is None else (version, picked))
 
 st.caption(MAP_CAPTION)
-
-if selected_id is not None and selected_id in records:
-    record = records[selected_id]
-    picture, about = st.columns([1, 4])
-    picture.image(str(studio.thumb_path(selected_id)), width="stretch")
-    about.markdown(f"**{record.original_name}** · {record.label or 'unlabelled'}")
-    if about.button("Search with this image", icon=":material/image_search:"):
-        preset_gallery_pick(record)
-        st.switch_page("pages/search.py")
+if pick is not None:
+    show_pick(studio, pick[1], records, key=pick[0])
 
 st.subheader("Cohesion per label")
 st.caption(COHESION_CAPTION)

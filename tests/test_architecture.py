@@ -67,6 +67,7 @@ BACKEND_OWNERS: dict[str, tuple[str, ...]] = {
     "sqlite3": ("core.store",),
     "umap": ("core.measure.projection",),
     "faiss": ("core.search.nn",),  # nearest-neighbour methods (may not exist yet)
+    "rtree": ("core.search.nn",),
     "psycopg": ("core.store",),
     "ray": ("core.gallery",),  # future: distributed ingest
     "playwright": ("core.measure.load",),  # the browser load benchmark

@@ -3,15 +3,18 @@ Metrics and Train pages; the embedding map is Vega-Lite (Altair), which a browse
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import altair as alt
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
 from core.measure.evaluation import Evaluation
+from core.search.nn.spatial import MapTree
 
 METRIC_LABELS = {
     "mrr": "MRR",
@@ -249,19 +252,56 @@ def _lines(segments: pd.DataFrame) -> alt.Chart:
     )
 
 
-def map_selection(selection: Mapping[str, Any], points: pd.DataFrame) -> list[str]:
-    """The image ids an `embedding_map` selection picked, from `st.altair_chart(...).selection`:
-    the clicked points (`MAP_POINT`: [{"image_id": …}, …]) first, then the rows of `points`
-    (image_id, x, y) inside the dragged box (`MAP_BOX`: {"x": [lo, hi], "y": [lo, hi]}), in
-    their order. An empty selection is `{}`; no selection, [].
-    """
-    picked = [p["image_id"] for p in selection.get(MAP_POINT) or [] if "image_id" in p]
+Within = Callable[[float, float, float, float], np.ndarray]  # (x0, x1, y0, y1) -> (k,) rows
+
+
+@dataclass(frozen=True, eq=False)
+class MapPick:
+    """What an `embedding_map` selection picked."""
+
+    clicked: list[str]  # image ids of the clicked points, in click order
+    boxed: pd.DataFrame | None  # the rows of the map's points inside the dragged box; None: no box
+
+    @property
+    def ids(self) -> list[str]:
+        """The clicked images, then the box's others in the map's order."""
+        clicked = set(self.clicked)
+        inside = [] if self.boxed is None else list(self.boxed.image_id)
+        return self.clicked + [i for i in inside if i not in clicked]
+
+
+def map_pick(
+    selection: Mapping[str, Any], points: pd.DataFrame, within: Within | None = None
+) -> MapPick | None:
+    """What `st.altair_chart(...).selection` of an `embedding_map` picked: the clicked points
+    (`MAP_POINT`: [{"image_id": …}, …]) and the rows of `points` (image_id, x, y, …) inside the
+    dragged box (`MAP_BOX`: {"x": [lo, hi], "y": [lo, hi]}), found by `within` (the map's
+    R-tree, `ProjectionCache.tree(...).within`; by default one built over `points`). An empty
+    selection is `{}`; no selection, None."""
+    clicked = [p["image_id"] for p in selection.get(MAP_POINT) or [] if "image_id" in p]
     box = selection.get(MAP_BOX) or {}
+    boxed = None
     if "x" in box and "y" in box:
-        (x0, x1), (y0, y1) = sorted(box["x"]), sorted(box["y"])
-        inside = points.x.between(x0, x1) & points.y.between(y0, y1)
-        picked += [i for i in points.image_id[inside] if i not in picked]
-    return picked
+        if within is None:
+            within = MapTree.build(points[["x", "y"]].to_numpy()).within
+        boxed = points.iloc[within(*box["x"], *box["y"])]
+    return MapPick(clicked, boxed) if clicked or boxed is not None else None
+
+
+def map_selection(
+    selection: Mapping[str, Any], points: pd.DataFrame, within: Within | None = None
+) -> list[str]:
+    """The image ids a selection picked (`map_pick`): the clicked points first, then those
+    inside the box in the order of `points`; no selection, []."""
+    pick = map_pick(selection, points, within)
+    return [] if pick is None else pick.ids
+
+
+def label_counts(points: pd.DataFrame) -> pd.DataFrame:
+    """Images per label among `points` (a `MapPick.boxed`): label, images; most first."""
+    counts = points.label.value_counts(sort=False).rename("images").rename_axis("label")
+    table = counts.reset_index()
+    return table.sort_values(["images", "label"], ascending=[False, True], ignore_index=True)
 
 
 def pairs_balance(summary: dict[str, Any], top: int = 25) -> go.Figure:

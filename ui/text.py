@@ -40,7 +40,8 @@ MODE_HELP = {  # the Train page's modes, with what each costs on the demo galler
 MAP_CAPTION = (
     "Star: your last search, placed at the similarity-weighted mean of its nearest images; "
     "lines to the results it showed. Green / red: pairs labelled similar / not similar. "
-    "Select a point (click or box) to see it and search with it."
+    "Click a point to see it and search with it; drag a box to see the images inside it, "
+    "counted per label (double-click clears it)."
 )
 COHESION_CAPTION = (
     "Mean cosine within a label against mean cosine to the other labels' images; a larger gap "

@@ -10,7 +10,8 @@
   model versions' maps can be compared point for point.
 - `cohesion` measures, per label, mean within-label cosine against mean between-label cosine.
 - `ProjectionCache` keeps layouts (and each version's cohesion table) on disk per (model
-  version, gallery state): a revisit is instant.
+  version, gallery state): a revisit is instant. Each layout is stored with its R-tree
+  (`core.search.nn.spatial.MapTree`), which answers a box dragged on the map.
 
 numba, measured with umap-learn 0.5.12, pynndescent 0.7.0 and numba 0.68.1: umap-learn marks
 one function `cache=True` (`layouts.rdist`), its other ~130 `njit`s (the layout epochs, the
@@ -41,6 +42,7 @@ import pandas as pd
 from core.choices import PROJECTION_METHODS
 from core.errors import LookalikeError
 from core.files import atomic_write
+from core.search.nn.spatial import MapTree, MapTreeError
 
 METHODS = PROJECTION_METHODS
 MAX_POINTS = 20_000  # larger galleries are sampled for the map
@@ -199,11 +201,20 @@ def cohesion(x: np.ndarray, labels: Sequence[str | None]) -> pd.DataFrame:
 
 
 _DIGEST = 20  # hex digits of a cache file's key
+_TREE = ".tree"  # a layout's R-tree: its path with this suffix, plus .dat and .idx
 
 
 class ProjectionCache:
-    """Layouts on disk under `folder`, keyed by version, method and a gallery signature; and
-    per version and signature, the cohesion table a map is shown with."""
+    """Layouts on disk under `folder`, keyed by version, method and a gallery signature, each
+    with the R-tree of its points; and per version and signature, the cohesion table a map is
+    shown with.
+
+    A layout is `<version>-<method>-<digest>.npz` and its tree `<same>.tree.dat` and
+    `<same>.tree.idx` (`MapTree`), written just before it. For a 20,000-point map, measured:
+    `put` takes 22 ms of which the tree is 9 ms; `tree` reads it back in 0.5 ms, checks
+    included, where the page would otherwise build one on every rerun (7 ms in memory).
+    Entries written before trees were get theirs on first use.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -246,11 +257,35 @@ class ProjectionCache:
         atomic_write(self._path(version, "cohesion", signature), buffer.getvalue())
 
     def put(self, version: str, signature: str, layout: Layout) -> None:
-        """Write atomically (a temporary file renamed), so readers never see half a file."""
+        """Write the layout's tree, then the layout, each atomically (a temporary file renamed),
+        so readers never see half a file and a stored layout has its tree beside it."""
+        path = self._path(version, layout.method, signature)
+        MapTree.build(layout.coords, path.with_suffix(_TREE))
         meta = json.dumps({"method": layout.method, "total": layout.total})
         buffer = io.BytesIO()
         np.savez(buffer, ids=np.array(layout.ids), coords=layout.coords, meta=np.array(meta))
-        atomic_write(self._path(version, layout.method, signature), buffer.getvalue())
+        atomic_write(path, buffer.getvalue())
+
+    def tree(self, version: str, signature: str, layout: Layout) -> MapTree:
+        """An R-tree over `layout`'s points, for box queries (`MapTree.within` gives its rows).
+
+        When `layout` is the cached map of `version` by its method for `signature` (the same
+        coordinates), the tree stored with it: read from disk, or built and stored now for an
+        entry written before trees were (or whose tree does not fit it). Any other layout (an
+        earlier map shown while the current one is computed, a map aligned onto another
+        version's) gets a tree built in memory.
+        """
+        path = self._path(version, layout.method, signature)
+        if not _holds_coords(path, layout.coords):
+            return MapTree.build(layout.coords)
+        where = path.with_suffix(_TREE)
+        try:
+            stored = MapTree.load(where)
+        except MapTreeError:
+            return MapTree.build(layout.coords, where)
+        if stored.bounds != _bounds(layout.coords):  # another map's tree under the same key
+            return MapTree.build(layout.coords, where)
+        return stored
 
     def layout(
         self,
@@ -276,3 +311,20 @@ def _read_layout(path: Path) -> Layout | None:
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
         return Layout(list(data["ids"]), data["coords"], meta["method"], meta["total"])
+
+
+def _holds_coords(path: Path, coords: np.ndarray) -> bool:
+    """Whether the layout file at `path` exists and maps its points to `coords` (only the
+    coordinates are read: an npz loads its arrays one by one)."""
+    if not path.exists():
+        return False
+    with np.load(path, allow_pickle=False) as data:
+        return bool(np.array_equal(data["coords"], coords))
+
+
+def _bounds(coords: np.ndarray) -> tuple[float, float, float, float] | None:
+    """(x_min, x_max, y_min, y_max) of (n, 2) `coords` as a `MapTree` reports them."""
+    if len(coords) == 0:
+        return None
+    x, y = coords[:, 0], coords[:, 1]  # one column at a time: 30x faster than axis=0 here
+    return float(x.min()), float(x.max()), float(y.min()), float(y.max())

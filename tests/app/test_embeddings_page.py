@@ -18,9 +18,19 @@ from streamlit.testing.v1 import AppTest
 from core.measure import projection
 from core.measure.map_job import run_map_job
 from core.measure.projection import pca
+from core.search.nn.spatial import MapTree
 from core.studio import Studio
 from tests.helpers import SpawnedJob
-from ui.charts import MAP_BOX, MAP_POINT, MAP_SELECTIONS, STAR, map_selection
+from ui import map_picks
+from ui.charts import (
+    MAP_BOX,
+    MAP_POINT,
+    MAP_SELECTIONS,
+    STAR,
+    label_counts,
+    map_pick,
+    map_selection,
+)
 from ui.state import PICK_KEYS
 
 UMAP_REQUEST = ["--model", "base", "--method", "umap"]
@@ -109,6 +119,9 @@ def test_a_cached_map_is_drawn_without_starting_a_job(
     }
     assert {"base within", "base between", "base gap"} <= set(table.columns)
     assert jobs_started == []  # neither app.py nor the page asked for a map job
+    # the job stored the map's R-tree with it, for boxes dragged on the map
+    [layout_file] = mapped.settings.projections_dir.glob("base-umap-*.npz")
+    assert layout_file.with_suffix(".tree.idx").exists()
 
 
 def test_a_missing_map_shows_the_jobs_progress_and_starts_it_once(
@@ -176,6 +189,16 @@ def test_two_versions_are_drawn_side_by_side(
     assert [chart.key for chart in maps(at)] == ["map-base", "map-ft-test"]
     columns = set(at.dataframe[0].value.columns)
     assert {"base gap", "ft-test gap"} <= columns
+    # a box on the second map, whose points were turned onto the first's: its drawn places count
+    points = layers(maps(at)[1])["points"]
+    box = {"x": [float(points.x.min()), float(points.x.median())], "y": [-9.0, 9.0]}
+    expected = inside(points, box)
+    assert 1 < len(expected) < len(points)
+    select_on_map(at, maps(at)[1], {MAP_BOX: box})
+    headline, captions, buttons = box_shown(at)
+    assert headline == f"**{len(expected)} images in the box**"
+    assert captions == list(expected.label)
+    assert [b.key for b in buttons] == [f"box-ft-test-{i}" for i in expected.image_id]
 
 
 def test_every_mapped_image_is_a_point_with_its_id_label_and_file(
@@ -251,25 +274,98 @@ def select_on_map(at: AppTest, chart: Any, selection: dict[str, Any]) -> None:
     assert not at.exception, at.exception
 
 
-def test_a_selected_point_or_box_shows_that_image_and_searches_with_it(
+def test_a_clicked_point_shows_that_image_and_searches_with_it(
     app: Callable[[], AppTest], mapped: Studio
 ) -> None:
     at = open_page(app)
     assert not [b for b in at.button if b.label == "Search with this image"]
-    points = layers(maps(at)[0])["points"]
     image = mapped.store.list_images()[7]
     select_on_map(at, maps(at)[0], {MAP_POINT: [{"image_id": image.id}], MAP_BOX: {}})
     assert any(image.original_name in m.value for m in at.markdown)
-    x, y = coords(points, image.id)  # a box around that point alone
-    others = points[points.image_id != image.id]
-    gap = min(np.hypot(others.x - x, others.y - y)) / 2
-    box = {"x": [x - gap, x + gap], "y": [y + gap, y - gap]}
-    select_on_map(at, maps(at)[0], {MAP_POINT: {}, MAP_BOX: box})
-    assert any(image.original_name in m.value for m in at.markdown)
+    assert not [m for m in at.markdown if "in the box" in m.value]
     [search] = [b for b in at.button if b.label == "Search with this image"]
     search.click().run()
     assert not at.exception, at.exception
     assert at.session_state[PICK_KEYS["image"]].id == image.id  # the Search page's pick
+
+
+def inside(points: pd.DataFrame, box: dict[str, list[float]]) -> pd.DataFrame:
+    """The drawn points inside a dragged box, edges included: the brute-force reference."""
+    (x0, x1), (y0, y1) = sorted(box["x"]), sorted(box["y"])
+    return points[(points.x >= x0) & (points.x <= x1) & (points.y >= y0) & (points.y <= y1)]
+
+
+def box_shown(at: AppTest) -> tuple[str, list[str], list[Any]]:
+    """The box panel: its headline, the captions of its thumbnails and its search buttons."""
+    [headline] = [m.value for m in at.markdown if "in the box" in m.value]
+    captions = [caption for image in at.get("image") for caption in image.captions]
+    buttons = [b for b in at.button if b.key and b.key.startswith("box-")]
+    return headline, captions, buttons
+
+
+def test_a_box_shows_its_images_counted_per_label_and_searches_with_any(
+    app: Callable[[], AppTest], mapped: Studio
+) -> None:
+    at = open_page(app)
+    points = layers(maps(at)[0])["points"]
+    # a box over the lower-left part of the map, dragged from its top-right corner
+    box = {"x": [float(points.x.median()), float(points.x.min())], "y": [9.0, -9.0]}
+    expected = inside(points, box)
+    assert 1 < len(expected) < len(points)
+    select_on_map(at, maps(at)[0], {MAP_POINT: {}, MAP_BOX: box})
+    headline, captions, buttons = box_shown(at)
+    assert headline == f"**{len(expected)} images in the box**"
+    counts = at.dataframe[0].value  # then the cohesion table
+    assert list(counts.columns) == ["label", "images"]
+    assert (
+        dict(zip(counts.label, counts.images, strict=True))
+        == expected.label.value_counts().to_dict()
+    )
+    assert list(counts.images) == sorted(counts.images, reverse=True)
+    assert captions == list(expected.label)  # in the map's order
+    assert [b.key for b in buttons] == [f"box-base-{i}" for i in expected.image_id]
+    assert not [b for b in at.button if b.label == "Search with this image"]  # nothing clicked
+    buttons[-1].click().run()
+    assert not at.exception, at.exception
+    assert at.session_state[PICK_KEYS["image"]].id == expected.image_id.iloc[-1]
+
+
+def test_a_box_around_one_point_or_none_and_a_box_with_more_than_the_grid(
+    app: Callable[[], AppTest], mapped: Studio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = open_page(app)
+    points = layers(maps(at)[0])["points"]
+    image = mapped.store.list_images()[7]
+    x, y = coords(points, image.id)  # a box around that point alone
+    others = points[points.image_id != image.id]
+    gap = min(np.hypot(others.x - x, others.y - y)) / 2
+    select_on_map(at, maps(at)[0], {MAP_BOX: {"x": [x - gap, x + gap], "y": [y + gap, y - gap]}})
+    headline, captions, buttons = box_shown(at)
+    assert headline == "**1 image in the box**" and captions == [image.label]
+    assert [b.help for b in buttons] == [f"Search with {image.original_name}"]
+
+    far = float(points.x.max()) + 1
+    select_on_map(at, maps(at)[0], {MAP_BOX: {"x": [far, far + 1], "y": [-9.0, 9.0]}})
+    headline, captions, buttons = box_shown(at)
+    assert headline == "**0 images in the box**" and captions == [] and buttons == []
+    assert {"base gap"} <= set(at.dataframe[0].value.columns)  # no per-label table
+
+    monkeypatch.setattr(map_picks, "BOX_THUMBNAILS", 8)
+    select_on_map(at, maps(at)[0], {MAP_BOX: {"x": [-1e9, 1e9], "y": [-1e9, 1e9]}})
+    headline, captions, buttons = box_shown(at)
+    assert headline == "**20 images in the box** · the first 8 below"
+    assert captions == list(points.label[:8]) and len(buttons) == 8
+    assert at.dataframe[0].value.images.sum() == 20
+
+
+def test_a_box_and_a_click_together_show_both(app: Callable[[], AppTest], mapped: Studio) -> None:
+    at = open_page(app)
+    points = layers(maps(at)[0])["points"]
+    clicked = points.image_id.iloc[3]
+    box = {"x": [-1e9, 1e9], "y": [-1e9, 1e9]}
+    select_on_map(at, maps(at)[0], {MAP_POINT: [{"image_id": clicked}], MAP_BOX: box})
+    assert [b.label for b in at.button if b.label == "Search with this image"]
+    assert box_shown(at)[0] == "**20 images in the box**"
 
 
 POINTS = pd.DataFrame(
@@ -297,6 +393,36 @@ def test_a_selection_event_becomes_image_ids(selection: dict[str, Any], ids: lis
     """Events as `st.altair_chart` returned them in Chromium for a click, a shift-click and a
     drag: {"map_point": [{"image_id": …}]} and {"map_box": {"x": [lo, hi], "y": [lo, hi]}}."""
     assert map_selection(selection, POINTS) == ids
+    tree = MapTree.build(POINTS[["x", "y"]].to_numpy())  # as the cache gives it for a map
+    assert map_selection(selection, POINTS, tree.within) == ids
+
+
+def test_the_box_is_answered_by_the_maps_tree_and_clicks_never_ask_it() -> None:
+    asked: list[tuple[float, ...]] = []
+
+    def within(x0: float, x1: float, y0: float, y1: float) -> np.ndarray:
+        asked.append((x0, x1, y0, y1))
+        return np.array([1, 3])  # rows of POINTS
+
+    pick = map_pick({MAP_BOX: {"x": [2.5, 0.5], "y": [1.0, 0.0]}}, POINTS, within)
+    assert asked == [(2.5, 0.5, 1.0, 0.0)]  # the event's box, as dragged
+    assert pick is not None and pick.clicked == [] and pick.boxed is not None
+    assert list(pick.boxed.image_id) == ["b", "d"] and list(pick.boxed.x) == [1.0, 3.0]
+    clicked = map_pick({MAP_POINT: [{"image_id": "c"}], MAP_BOX: {}}, POINTS, within)
+    assert clicked is not None and clicked.clicked == ["c"] and clicked.boxed is None
+    assert map_pick({MAP_POINT: {}, MAP_BOX: {}}, POINTS, within) is None
+    assert len(asked) == 1
+
+
+def test_label_counts_put_the_largest_first_then_by_name() -> None:
+    points = pd.DataFrame({"label": ["b", "a", "c", "a", "b", "(unlabelled)", "b"]})
+    assert label_counts(points).to_dict("records") == [
+        {"label": "b", "images": 3},
+        {"label": "a", "images": 2},
+        {"label": "(unlabelled)", "images": 1},
+        {"label": "c", "images": 1},
+    ]
+    assert label_counts(points.head(0)).empty
 
 
 def test_a_map_of_twenty_thousand_points_is_sent_whole() -> None:

@@ -34,6 +34,7 @@ from core.measure.projection import (
     place,
     project,
 )
+from core.search.nn.spatial import MapTree
 from tests.helpers import ROOT, generated_image, run_cli
 
 if TYPE_CHECKING:
@@ -359,7 +360,7 @@ def test_cache_computes_once_per_signature(
     messages: list[str] = []
     first = ProjectionCache(folder).layout("v1", "sig-a", ids, x, "pca", messages.append)
     assert project_calls == [(20, "pca")] and messages  # a miss: computed, progress reported
-    assert [p.suffix for p in folder.iterdir()] == [".npz"]
+    assert sorted(p.suffix for p in folder.iterdir()) == [".dat", ".idx", ".npz"]  # and its tree
 
     messages.clear()
     again = ProjectionCache(folder).layout("v1", "sig-a", ids, x, "pca", messages.append)
@@ -371,7 +372,12 @@ def test_cache_computes_once_per_signature(
     ProjectionCache(folder).layout("v2", "sig-a", ids, x, "pca")
     assert len(project_calls) == 3  # another gallery state, another version: recomputed
     files = sorted(p.name for p in folder.iterdir())
-    assert len(files) == 3 and all(f.endswith(".npz") for f in files)
+    assert len(files) == 9 and sum(f.endswith(".npz") for f in files) == 3
+    assert (
+        {f.removesuffix(".npz") for f in files if f.endswith(".npz")}
+        == {f.removesuffix(".tree.dat") for f in files if f.endswith(".tree.dat")}
+        == {f.removesuffix(".tree.idx") for f in files if f.endswith(".tree.idx")}
+    )
     # written atomically: no temporary file is left behind beside the three layouts
     assert all(f.startswith(("v1-pca-", "v2-pca-")) for f in files)
 
@@ -411,6 +417,103 @@ def test_cache_knows_without_reading_and_finds_the_latest_map_of_a_version(
     assert latest is not None and list(latest.ids) == newer.ids
     assert cache.has("v1", "pca", "sig-a") and not cache.has("v1", "pca", "sig-z")
     assert cache.latest("v1", "umap") is None and cache.latest("v2", "pca") is None
+
+
+def in_box(coords: np.ndarray, x0: float, x1: float, y0: float, y1: float) -> list[int]:
+    """Rows of (n, 2) `coords` inside the box, edges included: the brute-force reference."""
+    return [
+        row
+        for row, (x, y) in enumerate(coords.astype(np.float64).tolist())
+        if x0 <= x <= x1 and y0 <= y <= y1
+    ]
+
+
+@pytest.fixture
+def tree_builds(monkeypatch: pytest.MonkeyPatch) -> list[Path | None]:
+    """Every `MapTree.build`, by the path it writes to (None: in memory)."""
+    builds: list[Path | None] = []
+    real = MapTree.build.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[MapTree], coords: np.ndarray, path: Path | None = None) -> MapTree:
+        builds.append(path)
+        return real(cls, coords, path)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(MapTree, "build", classmethod(counting))
+    return builds
+
+
+def test_cache_stores_each_layout_with_its_tree(
+    tmp_path: Path, tree_builds: list[Path | None]
+) -> None:
+    cache = ProjectionCache(tmp_path / "maps")
+    rng = np.random.default_rng(14)
+    mapped = project(ids_for(300), unit(rng.normal(size=(300, 8))), "pca")
+    cache.put("v1", "sig", mapped)
+    [layout_file] = cache.folder.glob("*.npz")
+    stem = layout_file.name.removesuffix(".npz")
+    assert sorted(p.name for p in cache.folder.iterdir()) == [
+        f"{stem}.npz",
+        f"{stem}.tree.dat",
+        f"{stem}.tree.idx",
+    ]
+    assert tree_builds == [cache.folder / f"{stem}.tree"]  # built once, with the layout
+
+    got = cache.get("v1", "pca", "sig")
+    assert got is not None
+    tree = cache.tree("v1", "sig", got)
+    assert tree_builds == [cache.folder / f"{stem}.tree"]  # read back, not built again
+    assert len(tree) == 300
+    for x0, x1, y0, y1 in [(-0.2, 0.1, -0.3, 0.2), (-9.0, 9.0, -9.0, 9.0), (5.0, 6.0, 5.0, 6.0)]:
+        assert tree.within(x0, x1, y0, y1).tolist() == in_box(got.coords, x0, x1, y0, y1)
+
+
+def test_an_entry_without_a_tree_gets_one_on_first_use(
+    tmp_path: Path, tree_builds: list[Path | None]
+) -> None:
+    cache = ProjectionCache(tmp_path / "maps")
+    ids, x, _ = well_separated_clusters(per_cluster=10, dim=8)
+    cache.put("v1", "sig", project(ids, x, "pca"))
+    trees = sorted(cache.folder.glob("*.tree.*"))
+    for path in trees:  # as the cache was before trees were stored
+        path.unlink()
+    got = cache.get("v1", "pca", "sig")
+    assert got is not None
+    tree = cache.tree("v1", "sig", got)
+    assert sorted(cache.folder.glob("*.tree.*")) == trees  # built and stored now
+    assert tree.within(-9, 9, -9, 9).tolist() == list(range(40))
+    assert len(tree_builds) == 2
+    cache.tree("v1", "sig", got)
+    assert len(tree_builds) == 2  # and read from then on
+
+    # a tree that is not the layout's (another map written under the same key) is rebuilt
+    MapTree.build(got.coords[:5] * 3, trees[0].with_suffix(""))
+    refit = cache.tree("v1", "sig", got)
+    assert len(tree_builds) == 4 and len(refit) == 40
+    assert refit.within(-9, 9, -9, 9).tolist() == list(range(40))
+    assert len(cache.tree("v1", "sig", got)) == 40 and len(tree_builds) == 4
+
+
+def test_a_map_that_is_not_the_cached_one_gets_a_tree_in_memory(
+    tmp_path: Path, tree_builds: list[Path | None]
+) -> None:
+    cache = ProjectionCache(tmp_path / "maps")
+    ids, x, _ = well_separated_clusters(per_cluster=10, dim=8)
+    stored = project(ids, x, "pca")
+    cache.put("v1", "sig", stored)
+    files = {p: p.stat().st_mtime_ns for p in cache.folder.iterdir()}
+    tree_builds.clear()
+    # the cached map turned onto another version's (as the page shows a second version)
+    turned = Layout(stored.ids, (stored.coords @ rotation(90).T).astype(np.float32), "pca", 40)
+    box = (-0.9, -0.5, -0.9, -0.5)  # around one of the four clusters
+    assert cache.tree("v1", "sig", turned).within(*box).tolist() == in_box(turned.coords, *box)
+    assert in_box(stored.coords, *box) and in_box(turned.coords, *box) != in_box(
+        stored.coords, *box
+    )
+    # a map under another gallery state, or another version, that the cache does not hold
+    assert cache.tree("v1", "other", stored).within(*box).tolist() == in_box(stored.coords, *box)
+    assert cache.tree("v2", "sig", stored).within(*box).tolist() == in_box(stored.coords, *box)
+    assert tree_builds == [None, None, None]  # all three in memory
+    assert {p: p.stat().st_mtime_ns for p in cache.folder.iterdir()} == files  # nothing written
 
 
 def test_cache_keeps_cohesion_tables_per_version_and_state(tmp_path: Path) -> None:
