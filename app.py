@@ -16,6 +16,7 @@ navigation = st.navigation(
         st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
         st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
         st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:"),
+        st.Page("pages/index_lab.py", title="Index lab", icon=":material/science:"),
     ]
 )
 st.logo("assets/logo.svg")

@@ -25,6 +25,7 @@ from core.choices import (
     TRAIN_MODES,
 )
 from core.errors import LookalikeError
+from core.search.nn import list_methods
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
@@ -282,6 +283,61 @@ def cmd_map_job(settings: Any, args: argparse.Namespace) -> int:
     return _job_result(run_map_job(settings, args.model, args.method, wait=True), args.json)
 
 
+def _vectors_file(path: str, what: str) -> Any:
+    import numpy as np
+
+    from core.search.nn import NNError
+
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise NNError(f"Cannot read {what} from {path}: {exc}") from exc
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+        raise NNError(f"{path} must hold a 2-D float array (rows = {what}); got {array.shape}.")
+    return array.astype(np.float32, copy=False)
+
+
+def cmd_index_lab(settings: Any, args: argparse.Namespace) -> int:
+    """Torch-free: a version's vectors come from the index, or arrays from .npy files."""
+    from core.measure.index_lab import lab_table, run_lab
+    from core.measure.lab_job import LabRequest, index_reader, run_and_store
+    from core.search.nn import NNError
+
+    report = _progress("index-lab")
+
+    def progress(text: str, done: int, total: int) -> None:
+        print(f"index-lab: {text}", file=sys.stderr, flush=True)
+        report(done, total)
+
+    save = Path(args.save_neighbours) if args.save_neighbours else None
+    if args.vectors or args.queries:
+        if not (args.vectors and args.queries):
+            raise NNError("--vectors and --queries go together: the gallery and its queries.")
+        if args.model:
+            raise NNError("--model reads a version's gallery; --vectors replaces it: pick one.")
+        base = _vectors_file(args.vectors, "vectors")
+        queries = _vectors_file(args.queries, "queries")
+        result = run_lab(
+            base, queries, args.k, args.methods, save_neighbours=save, progress=progress
+        )
+    else:
+        from core.store import Store
+
+        version = args.model or Store(settings.catalog_path).active_version().version
+        request = LabRequest(version, tuple(args.methods or ()), args.n_queries, args.k, args.seed)
+        read = index_reader(settings)
+        result = run_and_store(settings, read, request, save_neighbours=save, progress=progress)
+    _emit(result.as_dict(), args.json, lab_table(result))
+    return 0
+
+
+def cmd_lab_job(settings: Any, args: argparse.Namespace) -> int:
+    from core.measure.lab_job import LabRequest, run_lab_job
+
+    request = LabRequest(args.model, tuple(args.methods or ()), args.n_queries, args.k, args.seed)
+    return _job_result(run_lab_job(settings, request, wait=True), args.json)
+
+
 def cmd_eval_job(studio: Any, args: argparse.Namespace) -> int:
     from core.measure.eval_job import EvalRequest, run_eval_job
 
@@ -440,6 +496,34 @@ def build_parser() -> argparse.ArgumentParser:
     eval_job.add_argument("--split", choices=EVAL_SPLITS, default="all")
     eval_job.add_argument("-k", type=int, default=10)
     eval_job.add_argument("--relevance", choices=RELEVANCE_SOURCES, default="labels")
+    methods = list_methods()
+    lab = add(
+        "index-lab",
+        cmd_index_lab,
+        "Nearest-neighbour methods side by side (exact, K-D tree, LSH, IVF, HNSW): each swept "
+        "over its main parameter on a version's gallery, held-out images as queries; recall@k "
+        "against exact search, queries/s one at a time and batched, build seconds, memory.",
+    )
+    lab.add_argument("--model", help="version whose vectors to use (default: the active one)")
+    lab.add_argument("--methods", nargs="+", choices=methods, help="default: every method")
+    lab.add_argument("--n-queries", type=int, default=200, help="gallery images held out")
+    lab.add_argument("-k", type=int, default=10)
+    lab.add_argument("--seed", type=int, default=0, help="which images are held out")
+    lab.add_argument("--vectors", metavar="A.npy", help="instead of a version: any float vectors")
+    lab.add_argument("--queries", metavar="B.npy", help="with --vectors: the queries")
+    lab.add_argument(
+        "--save-neighbours",
+        metavar="DIR",
+        help="write each point's (queries x k) neighbour row numbers into the vectors as .npy",
+    )
+    lab.set_defaults(studio=False)
+    lab_job = add("lab-job", cmd_lab_job, "Run the index lab for the Index lab page and store it.")
+    lab_job.add_argument("--model", required=True)
+    lab_job.add_argument("--methods", nargs="+", choices=methods)
+    lab_job.add_argument("--n-queries", type=int, default=200)
+    lab_job.add_argument("-k", type=int, default=10)
+    lab_job.add_argument("--seed", type=int, default=0)
+    lab_job.set_defaults(studio=False)
     bench = add("bench", cmd_bench, "Measure ingest speed, search latency and index recall.")
     bench.add_argument("--folder", help="images to time ingest on (default: the demo stamps)")
     bench.add_argument(

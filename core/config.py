@@ -110,6 +110,11 @@ class Settings:
         return self.data_dir / "rankings"
 
     @property
+    def lab_dir(self) -> Path:
+        """The index lab's stored results, one file per model version."""
+        return self.data_dir / "lab"
+
+    @property
     def demo_dir(self) -> Path:
         """Where the demo gallery's Debian package is downloaded and unpacked."""
         return self.data_dir / "demo"

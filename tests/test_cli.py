@@ -187,3 +187,74 @@ def test_bench_scale_ingests_into_a_fresh_dir_and_reports_exactly_its_keys(
     again = run_cli(data, "bench", "--scale", "--limit", "30")
     assert again.returncode == 1
     assert "fresh data directory" in again.stderr and "30 images" in again.stderr
+
+
+def test_index_lab_on_any_vectors_works_on_an_empty_data_dir(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(8, 24))
+    vectors = (centres[rng.integers(0, 8, 600)] + 0.4 * rng.normal(size=(600, 24))) * 3
+    queries = centres[rng.integers(0, 8, 30)] + 0.4 * rng.normal(size=(30, 24))
+    np.save(tmp_path / "a.npy", vectors.astype(np.float32))  # rows need not be unit-norm
+    np.save(tmp_path / "b.npy", queries.astype(np.float32))
+    data, saved = tmp_path / "data", tmp_path / "neighbours"
+    payload = run_json(
+        data,
+        "index-lab",
+        "--vectors",
+        str(tmp_path / "a.npy"),
+        "--queries",
+        str(tmp_path / "b.npy"),
+        "--methods",
+        "exact",
+        "ivf",
+        "-k",
+        "5",
+        "--save-neighbours",
+        str(saved),
+    )
+    assert (payload["k"], payload["n_vectors"], payload["n_queries"], payload["dim"]) == (
+        5,
+        600,
+        30,
+        24,
+    )
+    assert {p["method"] for p in payload["points"]} == {"exact", "ivf"}
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    truth = np.argsort(-(queries @ unit.T), axis=1)[:, :5]  # cosine by hand
+    for point in payload["points"]:
+        rows = np.load(point["neighbours_file"])
+        assert Path(point["neighbours_file"]).parent == saved and rows.shape == (30, 5)
+        mine = np.mean([len(set(r) & set(t)) / 5 for r, t in zip(rows, truth, strict=True)])
+        assert point["recall_at_k"] == pytest.approx(mine)
+    assert not (data / "catalog.db").exists()  # nothing of a gallery was opened
+
+
+def test_index_lab_on_a_version_holds_out_gallery_images_and_stores_the_run(
+    gallery_data: tuple[Path, Path],
+) -> None:
+    _, data = gallery_data
+    payload = run_json(
+        data, "index-lab", "--methods", "exact", "lsh", "--n-queries", "8", "-k", "5"
+    )
+    assert payload["n_queries"] == 8 and payload["n_vectors"] >= 32  # 40 images, 8 held out
+    assert payload["points"][0]["method"] == "exact"
+    stored = json.loads((data / "lab" / "base.json").read_text())
+    assert stored["request"]["version"] == "base" and stored["result"]["n_queries"] == 8
+    text = run_cli(data, "index-lab", "--methods", "exact", "--n-queries", "8")
+    assert text.returncode == 0 and "recall@10 against exact search" in text.stdout
+
+
+def test_index_lab_refuses_half_a_pair_of_files(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.ones((20, 4), np.float32))
+    result = run_cli(tmp_path / "data", "index-lab", "--vectors", str(tmp_path / "a.npy"))
+    assert result.returncode == 1 and "go together" in result.stderr
+    np.save(tmp_path / "bad.npy", np.ones(20, np.float32))
+    result = run_cli(
+        tmp_path / "data",
+        "index-lab",
+        "--vectors",
+        str(tmp_path / "bad.npy"),
+        "--queries",
+        str(tmp_path / "a.npy"),
+    )
+    assert result.returncode == 1 and "2-D float array" in result.stderr

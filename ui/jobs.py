@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 
 import streamlit as st
 
-from core.measure import eval_job, map_job
+from core.measure import eval_job, lab_job, map_job
 from core.measure.eval_job import EvalRequest, RankingCache
 from core.measure.jobs import JobStatus
+from core.measure.lab_job import LabRequest
 from core.measure.projection import ProjectionCache
 from core.studio import Studio
 
@@ -59,6 +60,22 @@ def ensure_evaluations(
         return None
     tag = studio.state_signature()
     return eval_job.start_eval_job(studio.settings, request.only(missing), tag=tag, retry=retry)
+
+
+def ensure_lab(
+    studio: Studio, request: LabRequest, *, retry: bool = False, start: bool = True
+) -> JobStatus | None:
+    """The lab job's status while it runs (or its failure, until a retry); with `start` (a
+    person pressed "Run") start it for `request` first, unless one runs. None when no lab job
+    is running or failed: the page shows what is stored."""
+    if start:
+        return lab_job.start_lab_job(studio.settings, request, retry=retry)
+    status = lab_job.read_lab_status(studio.settings)
+    if status is None or status.state == "done":
+        return None
+    if status.state == "failed" and retry:
+        return lab_job.start_lab_job(studio.settings, request, retry=True)
+    return status
 
 
 def _elapsed(status: JobStatus) -> str:

@@ -47,3 +47,11 @@ COHESION_CAPTION = (
     "Mean cosine within a label against mean cosine to the other labels' images; a larger gap "
     "is a tighter, better separated category. Click a column to sort."
 )
+
+LAB_CAPTION = (
+    "The seed's nearest-neighbour chapter, measured: exact search scans every vector (O(N·D) "
+    "per query); a K-D tree, LSH, IVF and HNSW each skip most of them and miss some true "
+    "neighbours. Each method is swept over its main parameter on the chosen version's vectors, "
+    "with gallery images held out as queries; recall@k is against exact search. The lab runs "
+    "in a process of its own at low priority and never changes the index search uses."
+)
