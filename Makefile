@@ -14,7 +14,7 @@ export LOOKALIKE_DATA ?= $(CURDIR)/data
 LOOP_DATA ?= $(CURDIR)/data-loop
 SCALE_DATA ?= $(CURDIR)/data-scale
 LIMIT ?=
-.PHONY: run test install browser demo lint typecheck unit bench bench-load bench-scale loop clean
+.PHONY: run test install browser demo lint typecheck unit bench bench-load bench-beside-lab bench-scale loop clean
 
 ## run: set up everything, fetch and index the demo gallery, compute its map (so the Embeddings
 ## page opens from the cache), start the app on $(PORT)
@@ -61,6 +61,11 @@ bench: demo
 ## of the demo gallery; time-to-results p50/p95, searches/s, and whether the log stayed exact
 bench-load: demo browser
 	for users in 1 2 4 8; do $(PY) -m core bench --browser-users $$users --json; done
+
+## bench-beside-lab: search latency alone and while an index-lab job runs on the active version
+## (add ARGS="--data-dir data-scale" for the 70,000-image gallery)
+bench-beside-lab: demo
+	$(PY) -m core bench --beside-lab --json $(ARGS)
 
 ## bench-scale: all 70,000 Fashion-MNIST images (or LIMIT=N of them) into a fresh $(SCALE_DATA),
 ## then ingest speed beside the tower's, search latency, recall, evaluate and the map at that size

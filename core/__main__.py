@@ -362,6 +362,19 @@ def cmd_bench(studio: Any, args: argparse.Namespace) -> int:
 
     if args.browser_users:  # N people at once in Chromium, against a copy of this gallery
         return _bench_browser(studio, args)
+    if args.beside_lab:  # search latency alone, then beside a real index-lab job
+        from core.measure.beside import bench_beside_lab
+
+        figures = bench_beside_lab(
+            studio,
+            studio.settings,
+            n_alone=args.queries,
+            k=args.k,
+            progress=lambda text: print(f"bench --beside-lab: {text}", file=sys.stderr, flush=True),
+        )
+        lines = "\n".join(f"{key:>32}: {value}" for key, value in figures.items())
+        _emit(figures, args.json, lines)
+        return 0
     if args.scale:  # a demo set into this (fresh) data directory, then everything at that size
         from core.measure.scale import run_scale_bench
 
@@ -549,6 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="instead: N people at once in Chromium (upload, results, one label), against a "
         "copy of the gallery; time-to-results p50/p95, searches/s, and whether the log is exact",
+    )
+    bench.add_argument(
+        "--beside-lab",
+        action="store_true",
+        help="instead: search latency alone (--queries searches) and while an index-lab job "
+        "runs on the active version (the whole sweep), per thread policy for the query encode",
     )
     bench.add_argument("--rounds", type=int, default=3, help="--browser-users: uploads each")
     bench.add_argument("--encoder", help="--browser-users: the app's base encoder (tests)")

@@ -25,6 +25,7 @@ from core.encoder.model import Encoder, load_encoder
 from core.encoder.precision import resolve_precision
 from core.encoder.registry import get_encoder_spec
 from core.encoder.taps import TAPS_DIR, TapCache, stage_modules, taps_key
+from core.encoder.threads import QueryThreads, torch_threads
 from core.encoder.versions import load_heads, load_tower
 from core.errors import LookalikeError
 from core.files import atomic_write
@@ -112,6 +113,8 @@ class Studio:
         self._load_heads = heads_loader
         self._load_tower = tower_loader
         self._encoders: dict[str, Encoder] = {}  # the CLI has no st.cache_resource: keep them
+        # threads for a query's encode: fewer while other work runs (core.encoder.threads)
+        self.query_threads: Callable[[], int] = QueryThreads()
 
     def active_version(self) -> ModelVersion:
         return self.store.active_version()
@@ -375,8 +378,13 @@ class Studio:
 
     def search(self, images: Sequence[Image.Image], k: int = 10) -> list[list[SearchResult]]:
         """RGB query images -> top-k results each, through the active encoder and index."""
-        embeddings = self.encoder().encode(list(images), batch_size=self.settings.batch_size)
-        return self.search_vectors(embeddings, k)
+        return self.search_vectors(self.encode_queries(images), k)
+
+    def encode_queries(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Query images -> unit vectors under the active version, on as many threads as the
+        machine has free (`core.encoder.threads`), so a background job does not stall them."""
+        with torch_threads(self.query_threads()):
+            return self.encoder().encode(list(images), batch_size=self.settings.batch_size)
 
     def search_gallery_image(self, image_id: str, k: int = 10) -> list[SearchResult]:
         """Results for a catalogued image, from its stored vector, without the image itself."""
@@ -465,7 +473,7 @@ class Studio:
         if file is None:
             raise EmptyGalleryError(f"The image of query {query.id} is no longer stored.")
         image = load_image(self.settings.queries_dir / file, limits=self.settings.images).image
-        return self.encoder().encode([image])
+        return self.encode_queries([image])
 
     def refine(
         self, query_id: int, k: int = 10, weights: RocchioWeights | None = None

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -97,14 +97,22 @@ class JobStatus:
 
 
 def idle_priority() -> None:
-    """Run this process's thread under Linux's SCHED_IDLE (only when a core would otherwise
-    idle), for jobs whose work should not slow a search; elsewhere nice 10 is all there is.
-    Measured on 70,000 images with a search every 0.2 s beside the index lab (alone: p50
-    15-16 ms): under SCHED_IDLE with the gallery's index closed after reading, p50 36 / p95
-    603 ms; at nice 10 with the index open, stalls of 1.4-1.7 s. On this 2-core VM some
-    interference remains (see the README)."""
-    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    """Run every thread of this process under Linux's SCHED_IDLE (it gets a core only when
+    the core would otherwise idle), for jobs whose work should not slow a search; elsewhere
+    nice 10 is all there is. Threads started before the call count too: numpy starts its BLAS
+    pool on import, before a job gets here. This is not enough on its own: a query encoded on
+    every core still stalls beside a busy job (up to 1.7 s on the 2-core VM), which is why a
+    query takes only the cores other processes leave (`core.encoder.threads`); measured by
+    `python -m core bench --beside-lab`."""
+    if not (hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE")):
+        return
+    try:
+        threads = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]
+    for tid in threads:  # threads started before this call (numpy's BLAS pool) included
+        with suppress(OSError):  # a thread that has just ended
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
 
 
 def _status_path(folder: Path, kind: str) -> Path:

@@ -80,9 +80,10 @@ Reader = Callable[[str], tuple[list[str], np.ndarray]]  # version -> (ids, (n, d
 
 
 def index_reader(settings: Settings) -> Reader:
-    """A version's vectors from the data directory's index, opened only while they are read:
-    a Chroma client left open in a busy low-priority process can hold the index's SQLite locks
-    while it waits for a core, and searches wait with it (measured: 1.6 s stalls)."""
+    """A version's vectors from the data directory's index, opened only while they are read,
+    so the job holds no Chroma client (and none of its SQLite locks) while it computes. (The
+    1.6 s search stalls once blamed on an open client came from the query encoder's threads:
+    see `core.encoder.threads`.)"""
 
     def read(version: str) -> tuple[list[str], np.ndarray]:
         with VectorIndex.from_settings(settings) as index:

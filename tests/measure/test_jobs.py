@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +31,8 @@ from core.measure.map_job import read_map_status, run_map_job, start_map_job
 from core.measure.projection import ProjectionCache
 from core.studio import Studio
 from tests.helpers import SpawnedJob, run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
 
 REQUEST = ["--model", "base", "--method", "umap"]
 
@@ -260,3 +264,26 @@ def test_an_unexpected_error_is_recorded_and_raised(settings: Settings) -> None:
     assert (
         status is not None and status.state == "failed" and status.message == "RuntimeError: boom"
     )
+
+
+def test_idle_priority_covers_threads_started_before_it() -> None:
+    """numpy starts its BLAS threads on import, before a job can lower its priority: every
+    thread of the process must end up under SCHED_IDLE, not only the caller."""
+    if not hasattr(os, "SCHED_IDLE"):
+        pytest.skip("no SCHED_IDLE on this platform")
+    code = (
+        "import os, threading\n"
+        "from core.measure.jobs import idle_priority\n"
+        "stop = threading.Event()\n"
+        "early = threading.Thread(target=stop.wait); early.start()\n"
+        "idle_priority()\n"
+        "late = threading.Thread(target=stop.wait); late.start()\n"
+        "policies = {os.sched_getscheduler(int(t)) for t in os.listdir('/proc/self/task')}\n"
+        "stop.set(); early.join(); late.join()\n"
+        "print(sorted(policies) == [os.SCHED_IDLE], len(os.listdir('/proc/self/task')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "True"
