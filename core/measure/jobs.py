@@ -27,6 +27,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -157,6 +158,36 @@ def read_status(folder: Path, kind: str) -> JobStatus | None:
             f"see {folder / f'{kind}.log'}.",
         )
     return status
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    """Signal a job's process group (a job leads a session of its own), else the process."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:  # not a group leader: the process alone
+        with suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    except PermissionError:
+        pass
+
+
+def stop_jobs(folder: Path, timeout: float = 10.0) -> list[str]:
+    """Stop every live job under `folder` (its whole process group: a job starts a session of
+    its own) and return their kinds: for whoever throws the data directory away, such as the
+    browser load benchmark's scratch copy, where the app may have started a map job."""
+    stopped = []
+    for kind in KINDS:
+        status = read_status(folder, kind)
+        if status is None or not status.live or status.pid is None:
+            continue
+        _signal(status.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(status.pid, kind) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(status.pid, kind):
+            _signal(status.pid, signal.SIGKILL)
+        stopped.append(kind)
+    return stopped
 
 
 def _write(folder: Path, status: JobStatus) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import LookalikeError
+from core.measure.jobs import KINDS, read_status, stop_jobs
 from core.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]  # the project folder, where app.py lives
@@ -250,6 +251,12 @@ def audit_log(
     }
 
 
+def _job_starts(folder: Path) -> dict[str, str]:
+    """When each kind of background job under `folder` last started."""
+    statuses = {kind: read_status(folder, kind) for kind in KINDS}
+    return {kind: status.started_at for kind, status in statuses.items() if status is not None}
+
+
 def browser_load(
     data_dir: Path, users: int, rounds: int = 3, k: int = 10, encoder: str | None = None
 ) -> dict[str, object]:
@@ -277,6 +284,7 @@ def browser_load(
                 shutil.copyfile(source, target)
                 mine.append(target)
             queries.append(mine)
+        before = _job_starts(scratch / "jobs")
         url, process = serve_app(scratch, encoder, Path(tmp) / "streamlit.log")
         try:
             uploads, wall = asyncio.run(_drive(url, users, queries, k, data_dir / "logs"))
@@ -285,6 +293,9 @@ def browser_load(
         finally:
             process.terminate()
             process.wait(timeout=30)
+            started = _job_starts(scratch / "jobs")
+            background = sorted(kind for kind in started if started[kind] != before.get(kind))
+            stop_jobs(scratch / "jobs")  # before the copy goes: a job would write into it
     seconds = np.array([u.seconds for u in uploads])
     return {
         "users": users,
@@ -294,5 +305,6 @@ def browser_load(
         "time_to_results_max_s": round(float(seconds.max()), 3),
         "searches_per_s": round(len(uploads) / wall, 3),
         "labels_not_shown": sum(not upload.labelled for upload in uploads),
+        "background_jobs": background,  # jobs the app started during the run (sharing the cores)
         **audit,
     }

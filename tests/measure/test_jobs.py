@@ -26,6 +26,7 @@ from core.measure.jobs import (
     read_status,
     run_job,
     start_job,
+    stop_jobs,
 )
 from core.measure.map_job import read_map_status, run_map_job, start_map_job
 from core.measure.projection import ProjectionCache
@@ -287,3 +288,14 @@ def test_idle_priority_covers_threads_started_before_it() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[0] == "True"
+
+
+def test_stop_jobs_ends_every_live_job_and_names_them(
+    settings: Settings, fake_spawn: list[SpawnedJob]
+) -> None:
+    start_job(settings, "map", REQUEST)
+    start_job(settings, "lab", ["--model", "base"])
+    assert stop_jobs(settings.jobs_dir) == ["map", "lab"]
+    for job in fake_spawn:
+        assert job.process.wait(timeout=10) != 0  # ended by the signal, not by finishing
+    assert stop_jobs(settings.jobs_dir) == []  # nothing live any more: nothing to stop
