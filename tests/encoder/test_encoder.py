@@ -18,7 +18,7 @@ from core.encoder.registry import (
     EncoderError,
     UnknownEncoderError,
     WeightsUnavailableError,
-    efficientnet_lite0_state_dict,
+    efficientnet_lite_state_dict,
     get_encoder_spec,
     imagenet_head,
     list_encoders,
@@ -85,11 +85,29 @@ def test_offline_pretrained_tag_fails_fast_with_a_clear_message(
     assert time.perf_counter() - started < 30  # no 45-second retry loop against a dead hub
 
 
-def test_packaged_weights_map_one_to_one_onto_timm() -> None:
-    weights = efficientnet_lite0_state_dict()
-    reference = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+LITES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_packaged_weights_map_one_to_one_onto_timm(name: str) -> None:
+    trunk = get_encoder_spec(name).packaged_trunk
+    assert trunk == name.replace("-", "_")
+    weights = efficientnet_lite_state_dict(trunk)
+    reference = timm.create_model(trunk, pretrained=False).state_dict()
     assert list(weights) == list(reference)
     assert all(weights[key].shape == reference[key].shape for key in reference)
+
+
+def native_size(name: str) -> int:
+    config = get_encoder_spec(name).config
+    assert config is not None
+    return int(config["vision_cfg"]["image_size"])
+
+
+def test_every_lite_is_registered_at_its_native_resolution() -> None:
+    sizes = {name: native_size(name) for name in LITES}
+    assert sizes == {LITES[0]: 224, LITES[1]: 240, LITES[2]: 260}
+    assert set(LITES) <= set(list_encoders()) and LITES[0] == DEFAULT_ENCODER
 
 
 @pytest.fixture(scope="module")
@@ -97,21 +115,36 @@ def default_encoder() -> Encoder:
     return load_encoder(DEFAULT_ENCODER)
 
 
-def test_default_embeddings_are_the_pretrained_pooled_features(default_encoder: Encoder) -> None:
+@pytest.fixture(scope="module")
+def lites(default_encoder: Encoder) -> dict[str, Encoder]:
+    return {LITES[0]: default_encoder, **{name: load_encoder(name) for name in LITES[1:]}}
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_lite_embeddings_are_the_pretrained_pooled_features(
+    lites: dict[str, Encoder], name: str
+) -> None:
     """Independent reference: timm's own model with the weights loaded, classifier removed."""
-    trunk = timm.create_model("efficientnet_lite0", pretrained=False)
-    trunk.load_state_dict(efficientnet_lite0_state_dict())
-    trunk.reset_classifier(0)
+    encoder = lites[name]
+    trunk_name = name.replace("-", "_")
+    trunk = timm.create_model(trunk_name, pretrained=False, num_classes=0)
+    weights = efficientnet_lite_state_dict(trunk_name)
+    del weights["classifier.weight"], weights["classifier.bias"]
+    trunk.load_state_dict(weights)
     trunk.eval()
     image = generated_image(2, 3, size=160)
+    pixels = encoder.preprocess(image)
+    size = native_size(name)
+    assert tuple(pixels.shape) == (3, size, size)
     with torch.inference_mode():
-        pooled = trunk(default_encoder.preprocess(image)[None])
+        pooled = trunk(pixels[None])
     expected = torch.nn.functional.normalize(pooled, dim=-1).numpy()
-    assert default_encoder.dim == 1280
-    np.testing.assert_allclose(default_encoder.encode([image]), expected, atol=1e-5)
+    assert encoder.dim == 1280
+    np.testing.assert_allclose(encoder.encode([image]), expected, atol=1e-5)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", LITES)
 @pytest.mark.parametrize(
     ("stamp", "imagenet_class"),
     [
@@ -120,16 +153,23 @@ def test_default_embeddings_are_the_pretrained_pooled_features(default_encoder: 
     ],
 )
 def test_imagenet_head_names_demo_stamps(
-    default_encoder: Encoder, demo_stamps: Path, stamp: str, imagenet_class: str
+    lites: dict[str, Encoder], demo_stamps: Path, name: str, stamp: str, imagenet_class: str
 ) -> None:
     """The classifier shipped with the weights names real photos: the mapping is right."""
     from timm.data import ImageNetInfo
 
+    encoder = lites[name]
     image: Image.Image = load_image(demo_stamps / stamp).image
     with torch.inference_mode():
-        logits = imagenet_head()(default_encoder.features(default_encoder.preprocess(image)[None]))
+        head = imagenet_head(name.replace("-", "_"))
+        logits = head(encoder.features(encoder.preprocess(image)[None]))
     top = ImageNetInfo().index_to_description(int(logits.argmax()))
     assert top == imagenet_class
+
+
+def test_missing_packaged_weights_say_how_to_install() -> None:
+    with pytest.raises(EncoderError, match="No packaged ImageNet weights"):
+        efficientnet_lite_state_dict("efficientnet_lite4")
 
 
 # --- stage taps ------------------------------------------------------------------------------
