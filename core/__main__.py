@@ -142,6 +142,21 @@ def cmd_models(studio: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_base(studio: Any, args: argparse.Namespace) -> int:
+    from core.measure.evaluation import evaluate
+
+    made = studio.new_base(args.encoder, _progress(f"new-base {args.encoder}"))
+    for split in ("all", "test"):  # stored for the Metrics page and `models`, like any version
+        evaluate(studio, made.version, split, 10, "labels")
+    payload = made.as_dict()
+    text = (
+        f"{made.version}: {made.encoder}, {made.images} images indexed in {made.seconds:.1f} s "
+        f"(not active: python -m core activate {made.version})"
+    )
+    _emit(payload, args.json, text)
+    return 0
+
+
 def cmd_activate(studio: Any, args: argparse.Namespace) -> int:
     version = studio.activate(args.version)
     _emit({"active": version.version}, args.json, f"active: {version.version}")
@@ -441,6 +456,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--per-label", action="store_true", help="add the per-label breakdown")
     add("models", cmd_models, "List model versions.")
+    new_base = add(
+        "new-base",
+        cmd_new_base,
+        "Make a new base version (no parent) with another encoder, index the gallery into it "
+        "and evaluate it; it is not activated.",
+    )
+    new_base.add_argument(
+        "encoder",
+        help="efficientnet-lite0, efficientnet-lite1, efficientnet-lite2, or an open_clip "
+        "ARCH/TAG pair (downloads: needs the internet)",
+    )
     activate = add("activate", cmd_activate, "Make a model version the one search uses.")
     activate.add_argument("version")
     simulate = add("simulate", cmd_simulate, "Log searches of a simulated user over train images.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,24 @@ class SearchResult:
             "label": self.label,
             "score": round(self.score, 6),
             "path": self.path,
+        }
+
+
+@dataclass(frozen=True)
+class NewBase:
+    """What `Studio.new_base` made: the version, its encoder, images indexed, wall seconds."""
+
+    version: str
+    encoder: str
+    images: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "version": self.version,
+            "encoder": self.encoder,
+            "images": self.images,
+            "seconds": round(self.seconds, 1),
         }
 
 
@@ -330,6 +349,26 @@ class Studio:
             self.settings, self.store, self.index, self.encoder(model), model.version, progress
         )
         return embedded
+
+    def new_base(self, encoder: str, progress: Progress | None = None) -> NewBase:
+        """A new base version: no parent, `encoder`'s shipped weights, the whole gallery indexed
+        into its own collection (`progress(done, total)` as it goes). Also when another base
+        uses the same encoder; it is not activated: that stays the user's choice."""
+        spec = get_encoder_spec(encoder)  # an unknown name fails here, before anything is written
+        started = time.perf_counter()
+        taken = {v.version for v in self.store.list_model_versions()} | set(self.index.versions())
+        number = 1
+        while f"base-{number:04d}" in taken:
+            number += 1
+        name = f"base-{number:04d}"
+        card = {
+            "encoder": spec.name,
+            "precision": resolve_precision(self.settings.precision, spec),
+            "note": f"a new base: {spec.description}, no fine-tuning",
+        }
+        version = self.store.add_model_version(name, spec.name, None, card)
+        images = self.reindex(version.version, progress)
+        return NewBase(version.version, spec.name, images, time.perf_counter() - started)
 
     def remove_images(self, ids: Sequence[str]) -> int:
         """Remove images from the catalog, every version's index, and the stored files."""
