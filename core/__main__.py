@@ -126,18 +126,34 @@ def cmd_evaluate(studio: Any, args: argparse.Namespace) -> int:
 
 def _version_line(row: dict[str, Any]) -> str:
     """One `models` line: active mark, name, parent, mode and test metrics when trained."""
-    metrics = row["metrics"]
+    metrics, whole = row["metrics"], row["whole_gallery"]
     scores = f" test mAP {metrics['map']:.4f} MRR {metrics['mrr']:.4f}" if metrics else ""
+    for name, shown in (("map", "mAP@10"), ("mrr", "MRR@10")):
+        if name in whole:
+            low, high = whole.get(f"{name}_interval", (whole[name], whole[name]))
+            scores += f" gallery {shown} {whole[name]:.4f} [{low:.4f}, {high:.4f}]"
     mode = f" mode={row['mode']}" if row["mode"] else ""
     return (
-        f"{'*' if row['active'] else ' '} {row['version']:<10} parent={row['parent']}{mode}"
-        f"{scores} {row['created_at']}"
+        f"{'*' if row['active'] else ' '} {row['version']:<10} {row['encoder']}"
+        f" ({row['precision']}) parent={row['parent']}{mode}{scores} {row['created_at']}"
     )
 
 
+def _whole_gallery(studio: Any, version: str) -> dict[str, Any]:
+    """The newest stored whole-gallery evaluation (k = 10, labels) of a version, with its 95 %
+    intervals: how bases compare before any feedback (`new-base` stores one); {} when none."""
+    run = studio.store.runs.latest_evaluation(version, "all", 10, "labels", None)
+    if run is None:
+        return {}
+    keep = ("map", "mrr", "map_interval", "mrr_interval")
+    return {key: run.metrics[key] for key in keep if key in run.metrics}
+
+
 def cmd_models(studio: Any, args: argparse.Namespace) -> int:
-    keys = ("version", "active", "parent", "mode", "created_at", "metrics")
+    keys = ("version", "active", "parent", "encoder", "precision", "mode", "created_at", "metrics")
     rows = [{key: row[key] for key in keys} for row in (v.summary() for v in studio.versions())]
+    for row in rows:
+        row["whole_gallery"] = _whole_gallery(studio, row["version"])
     _emit(rows, args.json, "\n".join(_version_line(r) for r in rows))
     return 0
 

@@ -60,5 +60,11 @@ def test_the_command_prints_exactly_its_keys_and_stores_evaluations(
         "SELECT split, k FROM evaluation_runs WHERE model_version = 'base-0001' ORDER BY split",
     )
     assert stored == [("all", 10), ("test", 10)]
-    models = run_json(data, "models")
-    assert [m["version"] for m in models if m["active"]] == ["base"]
+    models = {m["version"]: m for m in run_json(data, "models")}
+    assert [name for name, m in models.items() if m["active"]] == ["base"]
+    new = models["base-0001"]
+    assert (new["encoder"], new["parent"]) == ("tiny-test", None) and new["precision"]
+    whole = new["whole_gallery"]  # bases side by side: the stored whole-gallery evaluation
+    assert set(whole) == {"map", "mrr", "map_interval", "mrr_interval"}
+    assert whole["map_interval"][0] <= whole["map"] <= whole["map_interval"][1]
+    assert models["base"]["whole_gallery"] == {}  # never evaluated on the whole gallery

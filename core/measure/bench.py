@@ -4,6 +4,7 @@
 
 - ingest images/s: a sample of a folder (default: the demo stamps) into a throw-away data dir;
 - query latency p50/p95: encode one uploaded image and search the active index, encoder warm;
+- each offline encoder's forward images/s at its native size, in the precision it would use;
 - index recall@10 of the HNSW index against exact search, every gallery vector as a query;
 - with `--umap`: UMAP wall time for the gallery and for 10,000 points (the gallery's vectors
   repeated with noise), after a warm-up that pays umap-learn's one-off JIT compilation.
@@ -25,8 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.encoder.model import Encoder
-from core.encoder.registry import reference_trunk
+from core.encoder.model import Encoder, load_encoder
+from core.encoder.precision import resolve_precision
+from core.encoder.registry import get_encoder_spec, list_encoders, reference_trunk
 from core.gallery.demo import DEMO_EXTENSIONS
 from core.gallery.images import load_image
 from core.gallery.ingest import Candidate, iter_candidates
@@ -57,6 +59,23 @@ def bench_forward(encoder: Encoder) -> dict[str, float | str]:
         "encoder_images_per_s": round(images_per_s(encoder.encode_pixels, size), 1),
         "encoder_fp32_images_per_s": round(images_per_s(reference_trunk(), 224), 1),
     }
+
+
+def bench_encoders(requested_precision: str = "auto") -> dict[str, float | str]:
+    """Each offline registry encoder's forward images/s at its native size, in the precision
+    `requested_precision` resolves to for it on this CPU (what a new base would use)."""
+    figures: dict[str, float | str] = {}
+    for name in list_encoders():
+        spec = get_encoder_spec(name)
+        if spec.packaged_trunk is None:  # downloads (ARCH/TAG) or tests only (tiny-test)
+            continue
+        encoder = load_encoder(name).with_precision(resolve_precision(requested_precision, spec))
+        size = int(encoder.preprocess(Image.new("RGB", (8, 8))).shape[-1])
+        figures[f"forward_{name}_precision"] = encoder.precision
+        figures[f"forward_{name}_images_per_s"] = round(
+            images_per_s(encoder.encode_pixels, size), 1
+        )
+    return figures
 
 
 def bench_ingest(studio: Studio, folder: Path, n_images: int) -> dict[str, float | str]:
@@ -220,6 +239,7 @@ def run_bench(
     figures.update(bench_log())
     figures.update(bench_recall(studio, k))
     figures.update(bench_search(studio, n_queries, k))
+    figures.update(bench_encoders(studio.settings.precision))
     if folder is not None and folder.is_dir():
         figures.update(bench_ingest(studio, folder, n_images))
     if umap:

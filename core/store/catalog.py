@@ -55,6 +55,8 @@ class ModelVersion:
             "version": self.version,
             "active": self.active,
             "parent": self.parent,
+            "encoder": self.encoder,
+            "precision": self.card.get("precision"),
             "mode": self.card.get("mode"),
             "created_at": self.created_at,
             "metrics": self.card.get("metrics", {}),
