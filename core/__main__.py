@@ -159,11 +159,9 @@ def cmd_models(studio: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_new_base(studio: Any, args: argparse.Namespace) -> int:
-    from core.measure.evaluation import evaluate
+    from core.measure.base_job import new_base_and_evaluate
 
-    made = studio.new_base(args.encoder, _progress(f"new-base {args.encoder}"))
-    for split in ("all", "test"):  # stored for the Metrics page and `models`, like any version
-        evaluate(studio, made.version, split, 10, "labels")
+    made = new_base_and_evaluate(studio, args.encoder, _progress(f"new-base {args.encoder}"))
     payload = made.as_dict()
     text = (
         f"{made.version}: {made.encoder}, {made.images} images indexed in {made.seconds:.1f} s "
@@ -369,6 +367,12 @@ def cmd_lab_job(settings: Any, args: argparse.Namespace) -> int:
     return _job_result(run_lab_job(settings, request, wait=True), args.json)
 
 
+def cmd_base_job(studio: Any, args: argparse.Namespace) -> int:
+    from core.measure.base_job import run_base_job
+
+    return _job_result(run_base_job(studio, args.encoder, wait=True), args.json)
+
+
 def cmd_eval_job(studio: Any, args: argparse.Namespace) -> int:
     from core.measure.eval_job import EvalRequest, run_eval_job
 
@@ -483,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="efficientnet-lite0, efficientnet-lite1, efficientnet-lite2, or an open_clip "
         "ARCH/TAG pair (downloads: needs the internet)",
     )
+    base_job = add("base-job", cmd_base_job, "Run new-base as the Train page's background job.")
+    base_job.add_argument("encoder")
     activate = add("activate", cmd_activate, "Make a model version the one search uses.")
     activate.add_argument("version")
     simulate = add("simulate", cmd_simulate, "Log searches of a simulated user over train images.")

@@ -3,13 +3,16 @@
 import pandas as pd
 import streamlit as st
 
+from core.encoder.registry import get_encoder_spec, list_encoders
 from core.learn.finetune import feedback_pairs
 from core.learn.jobs import reap_stale, start_training
 from core.learn.pairs import PairSettings, TrainingPairs
 from core.learn.training import TrainSettings
+from core.measure import base_job
 from core.store import StoreError, TrainingRun
 from core.studio import Studio
 from ui.charts import loss_curves, pairs_balance
+from ui.jobs import ensure_base, follow_job
 from ui.resources import get_studio
 from ui.state import require_app_frame
 from ui.text import MODE_HELP
@@ -106,7 +109,16 @@ table = table.assign(
         "test mAP after": [m.get("map") for m in table.metrics],
     },
 ).rename(columns={"created_at": "created"})
-columns = ["version", "active", "parent", "mode", "test mAP before", "test mAP after", "pairs"]
+columns = [
+    "version",
+    "active",
+    "parent",
+    "encoder",
+    "mode",
+    "test mAP before",
+    "test mAP after",
+    "pairs",
+]
 st.dataframe(table[[*columns, "created"]], hide_index=True, width="stretch")
 pick, button = st.columns([3, 1], vertical_alignment="bottom")
 chosen = pick.selectbox(
@@ -116,3 +128,27 @@ if button.button("Activate", disabled=chosen == studio.active_version().version)
     studio.activate(chosen)
     st.toast(f"{chosen} is active: search uses it now (roll back by activating its parent).")
     st.rerun()
+
+st.subheader("New base")
+st.caption(
+    "Another encoder (or the same one afresh) as a version of its own: no parent, the whole "
+    "gallery indexed with it in the background and evaluated. It is not activated; compare it "
+    "on the Metrics page, activate it above, and fine-tune from it like any version."
+)
+offline = [name for name in list_encoders() if get_encoder_spec(name).packaged_trunk]
+encoder_column, create_column = st.columns([3, 1], vertical_alignment="bottom")
+encoder = encoder_column.selectbox(
+    "Encoder",
+    offline,
+    index=offline.index(studio.active_version().encoder)
+    if studio.active_version().encoder in offline
+    else 0,
+    format_func=lambda name: f"{name} — {get_encoder_spec(name).description}",
+)
+if create_column.button("Create", key="new-base"):
+    ensure_base(studio, encoder)
+last = base_job.read_base_status(studio.settings)
+if last is not None and last.state == "done":
+    st.caption(f"Last new base: {last.message}")
+elif last is not None:  # running, or failed (with its reason and a retry)
+    follow_job("New base", lambda retry: ensure_base(studio, None, retry=retry))

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import streamlit as st
 
-from core.measure import eval_job, lab_job, map_job
+from core.measure import base_job, eval_job, lab_job, map_job
 from core.measure.eval_job import EvalRequest, RankingCache
 from core.measure.jobs import JobStatus
 from core.measure.lab_job import LabRequest
@@ -75,6 +75,20 @@ def ensure_lab(
         return None
     if status.state == "failed" and retry:
         return lab_job.start_lab_job(studio.settings, request, retry=True)
+    return status
+
+
+def ensure_base(studio: Studio, encoder: str | None, *, retry: bool = False) -> JobStatus | None:
+    """The new-base job's status while it runs (or its failure, until a retry); with an
+    `encoder` (a person pressed "Create") start it first, unless one runs. None when no job
+    runs or failed: the page shows the versions, the new one among them."""
+    if encoder is not None:
+        return base_job.start_base_job(studio.settings, encoder)
+    status = base_job.read_base_status(studio.settings)
+    if status is None or status.state == "done":
+        return None
+    if status.state == "failed" and retry:
+        return base_job.start_base_job(studio.settings, status.request[0])
     return status
 
 

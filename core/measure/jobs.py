@@ -42,7 +42,7 @@ from core.errors import LookalikeError
 from core.files import atomic_write
 from core.store import utc_now
 
-KINDS = ("map", "eval", "lab")  # each is the command `python -m core <kind>-job`
+KINDS = ("map", "eval", "lab", "base")  # each is the command `python -m core <kind>-job`
 LIVE_STATES = ("queued", "running")  # then done or failed
 NICENESS = 10  # background jobs yield the CPU to the app's searches
 ROOT = Path(__file__).resolve().parents[2]  # the project folder, where `python -m core` runs

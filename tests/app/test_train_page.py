@@ -10,11 +10,15 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import core.learn.jobs
+import core.measure.jobs
+from core.encoder.registry import get_encoder_spec
 from core.learn.jobs import run_training_job
 from core.learn.training import TrainSettings
+from core.measure.base_job import run_base_job
 from core.measure.simulate import simulate
 from core.store import TrainingRun
 from core.studio import Studio
+from tests.helpers import SpawnedJob
 
 
 @pytest.fixture
@@ -81,3 +85,33 @@ def test_the_chosen_mode_sets_the_epoch_default_and_reaches_the_job(
     assert not at.exception, at.exception
     assert [s.mode for s in started] == ["partial"]
     assert started[0] == TrainSettings.for_mode("partial")
+
+
+def test_create_starts_one_new_base_job_and_the_page_follows_it(
+    app: Callable[[], AppTest], trained: Studio, jobs_started: list[SpawnedJob]
+) -> None:
+    at = train_page(app)
+    [picker] = [s for s in at.selectbox if s.label == "Encoder"]
+    assert picker.options[:3] == [
+        f"{name} — {get_encoder_spec(name).description}"
+        for name in ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+    ]
+    picker.set_value("efficientnet-lite2")
+    next(b for b in at.button if b.key == "new-base").click().run()
+    assert not at.exception, at.exception
+    assert [job.request for job in jobs_started if job.kind == "base"] == [["efficientnet-lite2"]]
+    assert any("New base" in (p.proto.text or "") for p in at.get("progress"))
+    at.run()  # a rerun while it runs starts nothing more
+    assert len([job for job in jobs_started if job.kind == "base"]) == 1
+
+
+def test_a_base_made_by_the_job_is_listed_with_its_encoder(
+    app: Callable[[], AppTest], trained: Studio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(core.measure.jobs, "idle_priority", lambda: None)  # not this process
+    run_base_job(trained, "tiny-test")
+    at = train_page(app)
+    table = at.dataframe[0].value
+    row = table[table.version == "base-0001"].iloc[0]
+    assert row.encoder == "tiny-test" and row.parent is None and not row.active
+    assert any("base-0001 (tiny-test)" in c.value for c in at.caption)
