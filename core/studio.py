@@ -356,6 +356,9 @@ class Studio:
         uses the same encoder; it is not activated: that stays the user's choice."""
         spec = get_encoder_spec(encoder)  # an unknown name fails here, before anything is written
         started = time.perf_counter()
+        precision = resolve_precision(self.settings.precision, spec)
+        # built before the version exists: weights that cannot load leave no half-made version
+        loaded = self._load_encoder(spec.name).with_precision(precision)
         taken = {v.version for v in self.store.list_model_versions()} | set(self.index.versions())
         number = 1
         while f"base-{number:04d}" in taken:
@@ -363,10 +366,11 @@ class Studio:
         name = f"base-{number:04d}"
         card = {
             "encoder": spec.name,
-            "precision": resolve_precision(self.settings.precision, spec),
+            "precision": precision,
             "note": f"a new base: {spec.description}, no fine-tuning",
         }
         version = self.store.add_model_version(name, spec.name, None, card)
+        self._encoders[name] = loaded
         images = self.reindex(version.version, progress)
         return NewBase(version.version, spec.name, images, time.perf_counter() - started)
 

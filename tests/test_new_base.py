@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.encoder.registry import UnknownEncoderError
+from core.encoder.model import Encoder
+from core.encoder.registry import UnknownEncoderError, WeightsUnavailableError
 from core.studio import Studio
 from tests.helpers import generated_image, raw, run_json
 
@@ -41,6 +42,19 @@ def test_an_unknown_encoder_adds_nothing(studio: Studio) -> None:
     with pytest.raises(UnknownEncoderError, match="Unknown encoder"):
         studio.new_base("no-such-encoder")
     assert [v.version for v in studio.versions()] == before
+
+
+def test_weights_that_cannot_load_leave_no_version(studio: Studio) -> None:
+    """Where a CLIP's weights cannot download, no half-made version is left behind."""
+
+    def unavailable(name: str) -> Encoder:
+        raise WeightsUnavailableError(f"{name}: could not download the weights.")
+
+    studio._load_encoder = unavailable
+    with pytest.raises(WeightsUnavailableError, match="could not download"):
+        studio.new_base("efficientnet-lite1")
+    assert [v.version for v in studio.versions()] == ["base"]
+    assert "base-0001" not in studio.indexed_versions()
 
 
 def test_the_command_prints_exactly_its_keys_and_stores_evaluations(
