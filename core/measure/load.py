@@ -251,10 +251,10 @@ def audit_log(
     }
 
 
-def _job_starts(folder: Path) -> dict[str, str]:
-    """When each kind of background job under `folder` last started."""
-    statuses = {kind: read_status(folder, kind) for kind in KINDS}
-    return {kind: status.started_at for kind, status in statuses.items() if status is not None}
+def _jobs_started(folder: Path) -> list[str]:
+    """The kinds of background job with a status under `folder`: in the scratch copy (made
+    without jobs/), the ones the app started during the run."""
+    return [kind for kind in KINDS if read_status(folder, kind) is not None]
 
 
 def browser_load(
@@ -267,7 +267,9 @@ def browser_load(
         raise LoadBenchError("--browser-users and the rounds must be at least 1.")
     with tempfile.TemporaryDirectory(prefix="lookalike-load-") as tmp:
         scratch = Path(tmp) / "data"
-        shutil.copytree(data_dir, scratch, ignore=shutil.ignore_patterns("logs", "*.log"))
+        # without jobs/: a copied status of a job running on the real data directory would
+        # read as live here, and be stopped below
+        shutil.copytree(data_dir, scratch, ignore=shutil.ignore_patterns("logs", "*.log", "jobs"))
         store = Store(scratch / "catalog.db")
         earlier = store.feedback.interactions(with_query_id=True).QueryID
         after_query = int(earlier.max()) if len(earlier) else 0  # the copy's own log stays
@@ -284,7 +286,6 @@ def browser_load(
                 shutil.copyfile(source, target)
                 mine.append(target)
             queries.append(mine)
-        before = _job_starts(scratch / "jobs")
         url, process = serve_app(scratch, encoder, Path(tmp) / "streamlit.log")
         try:
             uploads, wall = asyncio.run(_drive(url, users, queries, k, data_dir / "logs"))
@@ -293,8 +294,7 @@ def browser_load(
         finally:
             process.terminate()
             process.wait(timeout=30)
-            started = _job_starts(scratch / "jobs")
-            background = sorted(kind for kind in started if started[kind] != before.get(kind))
+            background = _jobs_started(scratch / "jobs")
             stop_jobs(scratch / "jobs")  # before the copy goes: a job would write into it
     seconds = np.array([u.seconds for u in uploads])
     return {
