@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -108,6 +109,14 @@ def fake_spawn(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[SpawnedJob]]:
         command = [sys.executable, "-c", "import time; time.sleep(300)", f"{kind}-job", *request]
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
         spawned.append(SpawnedJob(kind, list(request), process))
+        # until the child has exec'd, /proc shows the parent's command line: the job would
+        # read as another program's pid (failed) to a status read right after the start
+        marker, cmdline = f"{kind}-job".encode(), Path(f"/proc/{process.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while cmdline.exists() and marker not in cmdline.read_bytes():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
         return process.pid
 
     monkeypatch.setattr(core.measure.jobs, "_spawn", spawn)
