@@ -139,6 +139,8 @@ def _alive(pid: int | None, kind: str) -> bool:
     except OSError:  # no /proc (not Linux), or it ended just now: the pid is all we know
         return True
     state = stat.rsplit(")", 1)[-1].split()[0]  # after the command name, which may hold spaces
+    if not any(arguments):  # read mid-exec (`nice` becoming python): no command line to judge
+        return state != "Z"
     return state != "Z" and f"{kind}-job".encode() in arguments
 
 
