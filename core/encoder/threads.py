@@ -148,7 +148,9 @@ def torch_threads(n: int) -> Iterator[None]:
     """Run the block's torch work on `n` intra-op threads, then restore the previous count.
 
     torch keeps the count per calling thread (OpenMP's and MKL's settings are thread-local),
-    so a Streamlit session encoding on one thread does not change another session's."""
+    so a Streamlit session encoding on one thread does not change another session's. Only a
+    thread that first runs torch work during the block starts from `n` (torch's default for
+    new threads changes with the call too) until it sets its own."""
     before = torch.get_num_threads()
     if n == before:
         yield
