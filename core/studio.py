@@ -350,6 +350,14 @@ class Studio:
         )
         return embedded
 
+    def next_version_name(self, prefix: str) -> str:
+        """The first `prefix-NNNN` that neither the catalog nor the index has used."""
+        taken = {v.version for v in self.store.list_model_versions()} | set(self.index.versions())
+        number = 1
+        while f"{prefix}-{number:04d}" in taken:
+            number += 1
+        return f"{prefix}-{number:04d}"
+
     def new_base(self, encoder: str, progress: Progress | None = None) -> NewBase:
         """A new base version: no parent, `encoder`'s shipped weights, the whole gallery indexed
         into its own collection (`progress(done, total)` as it goes). Also when another base
@@ -359,11 +367,7 @@ class Studio:
         precision = resolve_precision(self.settings.precision, spec)
         # built before the version exists: weights that cannot load leave no half-made version
         loaded = self._load_encoder(spec.name).with_precision(precision)
-        taken = {v.version for v in self.store.list_model_versions()} | set(self.index.versions())
-        number = 1
-        while f"base-{number:04d}" in taken:
-            number += 1
-        name = f"base-{number:04d}"
+        name = self.next_version_name("base")
         card = {
             "encoder": spec.name,
             "precision": precision,

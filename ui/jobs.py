@@ -62,6 +62,18 @@ def ensure_evaluations(
     return eval_job.start_eval_job(studio.settings, request.only(missing), tag=tag, retry=retry)
 
 
+def _unfinished(
+    status: JobStatus | None, retry: bool, restart: Callable[[], JobStatus | None]
+) -> JobStatus | None:
+    """A job a person started, as a page follows it: its status while it runs or has failed
+    (`restart` on a retry), None once done or when there is none."""
+    if status is None or status.state == "done":
+        return None
+    if status.state == "failed" and retry:
+        return restart()
+    return status
+
+
 def ensure_lab(
     studio: Studio, request: LabRequest, *, retry: bool = False, start: bool = True
 ) -> JobStatus | None:
@@ -70,12 +82,11 @@ def ensure_lab(
     is running or failed: the page shows what is stored."""
     if start:
         return lab_job.start_lab_job(studio.settings, request, retry=retry)
-    status = lab_job.read_lab_status(studio.settings)
-    if status is None or status.state == "done":
-        return None
-    if status.state == "failed" and retry:
-        return lab_job.start_lab_job(studio.settings, request, retry=True)
-    return status
+    return _unfinished(
+        lab_job.read_lab_status(studio.settings),
+        retry,
+        lambda: lab_job.start_lab_job(studio.settings, request, retry=True),
+    )
 
 
 def ensure_base(studio: Studio, encoder: str | None, *, retry: bool = False) -> JobStatus | None:
@@ -85,11 +96,10 @@ def ensure_base(studio: Studio, encoder: str | None, *, retry: bool = False) -> 
     if encoder is not None:
         return base_job.start_base_job(studio.settings, encoder)
     status = base_job.read_base_status(studio.settings)
-    if status is None or status.state == "done":
+    if status is None:
         return None
-    if status.state == "failed" and retry:
-        return base_job.start_base_job(studio.settings, status.request[0])
-    return status
+    again = status.request[0]  # the encoder it was started for
+    return _unfinished(status, retry, lambda: base_job.start_base_job(studio.settings, again))
 
 
 def _elapsed(status: JobStatus) -> str:

