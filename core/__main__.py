@@ -133,9 +133,15 @@ def _version_line(row: dict[str, Any]) -> str:
             low, high = whole.get(f"{name}_interval", (whole[name], whole[name]))
             scores += f" gallery {shown} {whole[name]:.4f} [{low:.4f}, {high:.4f}]"
     mode = f" mode={row['mode']}" if row["mode"] else ""
+    speed = row["speed"]
+    shape = (
+        f" {speed['input_px']} px {speed['vector_size']}-d {speed['images_per_s']:.1f} images/s"
+        if speed
+        else ""
+    )
     return (
         f"{'*' if row['active'] else ' '} {row['version']:<10} {row['encoder']}"
-        f" ({row['precision']}) parent={row['parent']}{mode}{scores} {row['created_at']}"
+        f" ({row['precision']}){shape} parent={row['parent']}{mode}{scores} {row['created_at']}"
     )
 
 
@@ -150,10 +156,17 @@ def _whole_gallery(studio: Any, version: str) -> dict[str, Any]:
 
 
 def cmd_models(studio: Any, args: argparse.Namespace) -> int:
+    if args.measure:
+        from core.measure.bases import measure_speed, unmeasured
+
+        for version in unmeasured(studio):
+            measure_speed(studio, version)
     keys = ("version", "active", "parent", "encoder", "precision", "mode", "created_at", "metrics")
-    rows = [{key: row[key] for key in keys} for row in (v.summary() for v in studio.versions())]
-    for row in rows:
+    versions = studio.versions()
+    rows = [{key: row[key] for key in keys} for row in (v.summary() for v in versions)]
+    for row, version in zip(rows, versions, strict=True):
         row["whole_gallery"] = _whole_gallery(studio, row["version"])
+        row["speed"] = version.card.get("speed", {})
     _emit(rows, args.json, "\n".join(_version_line(r) for r in rows))
     return 0
 
@@ -475,7 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="same label, or the logged similar / not similar / grades",
     )
     evaluate.add_argument("--per-label", action="store_true", help="add the per-label breakdown")
-    add("models", cmd_models, "List model versions.")
+    models = add("models", cmd_models, "List model versions.")
+    models.add_argument(
+        "--measure",
+        action="store_true",
+        help="first time the forward pass of every base without a recorded speed (a few s each)",
+    )
     new_base = add(
         "new-base",
         cmd_new_base,

@@ -1,15 +1,18 @@
-"""Metrics: offline ranking metrics by version and by label, online CTR, the worst queries.
+"""Metrics: offline ranking metrics by version and by label, bases side by side, online CTR,
+the worst queries.
 
 The offline numbers are read, never computed here: stored evaluation runs (the bars, the
 per-label table) and cached rankings (the curves, the worst queries). What is missing for the
 chosen settings the evaluation job computes in the background, its progress shown on the page,
-while what is stored shows at once (`core.measure.eval_job`).
+while what is stored shows at once (`core.measure.eval_job`). The one figure the page itself
+may compute is a base's speed, when a person presses "Time …" (a few seconds per encoder).
 """
 
 import pandas as pd
 import streamlit as st
 
 from core.choices import EVAL_SPLITS, METRIC_NAMES, RELEVANCE_SOURCES
+from core.measure.bases import compare_bases, measure_speed, unmeasured
 from core.measure.eval_job import (
     CURVE_DEPTH,
     EvalRequest,
@@ -69,6 +72,24 @@ with offline:
         st.subheader("Metric@k, k = 1…50")
         frames = [frame.assign(version=v) for v, frame in curve_frames.items() if frame is not None]
         st.plotly_chart(curves(pd.concat(frames)), width="stretch")
+    st.subheader("Bases side by side")
+    st.caption(
+        f"The versions without a parent (one per encoder choice: Train page, New base) at split "
+        f"{split}, k = {k}, relevance from {relevance}, with 95 % intervals. images/s: the "
+        "encoder's forward pass on this machine at its input size and precision, batch 32."
+    )
+    untimed = unmeasured(studio)
+    if untimed and st.button(f"Time {', '.join(untimed)}", help="A few seconds per encoder"):
+        with st.spinner("Timing the encoders' forward pass…"):
+            for version in untimed:
+                measure_speed(studio, version)
+        st.rerun()
+    by_version = {e.model: e for e in evaluations}
+    st.dataframe(
+        pd.DataFrame([row.as_row() for row in compare_bases(studio, by_version)]),
+        hide_index=True,
+        width="stretch",
+    )
 
 with per_label:
     if evaluations:

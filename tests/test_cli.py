@@ -81,6 +81,11 @@ def test_second_ingest_is_idempotent_and_models_lists_base(gallery_data: tuple[P
     assert run_json(data, "ingest", str(root), "--label-from-folders")["added"] == 0
     [base] = run_json(data, "models")
     assert base["version"] == "base" and base["active"] is True
+    assert base["speed"] == {}  # untimed until asked
+    [base] = run_json(data, "models", "--measure")
+    speed = base["speed"]
+    assert speed["images_per_s"] > 0 and (speed["input_px"], speed["vector_size"]) == (64, 32)
+    assert f"64 px 32-d {speed['images_per_s']:.1f} images/s" in run_cli(data, "models").stdout
 
 
 def test_bad_query_is_an_error_that_loses_nothing_else(

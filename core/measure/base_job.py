@@ -2,8 +2,9 @@
 
 `python -m core base-job ENCODER` does what `new-base` does (`new_base_and_evaluate`): a
 parentless version with the encoder's shipped weights, the whole gallery indexed into its own
-collection, the whole-gallery and test-split evaluations stored. The job reports the indexing
-as it goes, runs at idle priority (searches keep their cores, `jobs.idle_priority`) and leaves
+collection, its forward speed timed, the whole-gallery and test-split evaluations stored. The
+job reports the indexing as it goes, runs at idle priority (searches keep their cores,
+`jobs.idle_priority`; so a search during the timing lowers the speed it records) and leaves
 the version inactive: activation stays a person's choice.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from core.config import Settings
 from core.gallery.ingest import Progress
 from core.measure import jobs
+from core.measure.bases import measure_speed
 from core.measure.evaluation import evaluate
 from core.measure.jobs import JobReporter, JobStatus
 from core.studio import NewBase, Studio
@@ -28,11 +30,15 @@ def new_base_and_evaluate(
     progress: Progress | None = None,
     step: Callable[[str], None] | None = None,
 ) -> NewBase:
-    """`Studio.new_base`, then its evaluations at k = 10 (labels) on `SPLITS`, stored;
-    `step(text)` names each stage as it starts."""
+    """`Studio.new_base`, its forward speed (on its card: `bases.measure_speed`), then its
+    evaluations at k = 10 (labels) on `SPLITS`, stored; `step(text)` names each stage as it
+    starts."""
     if step is not None:
         step(f"indexing the gallery with {encoder}")
     made = studio.new_base(encoder, progress)
+    if step is not None:
+        step(f"timing {made.version}'s encoder")
+    measure_speed(studio, made.version)
     if step is not None:
         step(f"evaluating {made.version}")
     for split in SPLITS:

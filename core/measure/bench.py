@@ -37,14 +37,16 @@ from core.store import ImageRecord, Store
 from core.studio import Studio
 
 
-def images_per_s(forward: Callable[[torch.Tensor], object], size: int, batch: int = 32) -> float:
-    """Forward passes per second of `forward` on (batch, 3, size, size) pixels, after a
-    warm-up, over at least 3 batches and 3 seconds (torch threads: as set, the cores)."""
+def images_per_s(
+    forward: Callable[[torch.Tensor], object], size: int, batch: int = 32, seconds: float = 3.0
+) -> float:
+    """Images per second through `forward` on (batch, 3, size, size) pixels, after a warm-up,
+    over at least 3 batches and `seconds` (torch threads: as set, the cores)."""
     pixels = torch.randn(batch, 3, size, size)
     with torch.inference_mode():
         forward(pixels)  # warm-up: oneDNN picks its kernels on the first pass
         started, passes = time.perf_counter(), 0
-        while passes < 3 or time.perf_counter() - started < 3:
+        while passes < 3 or time.perf_counter() - started < seconds:
             forward(pixels)
             passes += 1
     return batch * passes / (time.perf_counter() - started)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import core.measure.bases
 from core.measure.eval_job import EvalRequest, run_eval_job
 from core.measure.evaluation import evaluate_version
 from core.measure.simulate import simulate
@@ -152,7 +153,7 @@ def test_a_failed_job_shows_why_and_runs_again_only_when_asked(
 def test_per_label_table_lists_every_label_worst_first(
     app: Callable[[], AppTest], evaluated: Studio
 ) -> None:
-    table = open_page(app).dataframe[0].value
+    table = open_page(app).dataframe[1].value  # after the bases table
     assert sorted(table["label"]) == sorted(
         ["colours/blue", "colours/red", "shapes/circles", "shapes/squares"]
     )
@@ -164,3 +165,35 @@ def test_worst_queries_show_thumbnails(app: Callable[[], AppTest], evaluated: St
     worst_markdown = [m.value for m in at.markdown if " · mAP " in m.value]
     assert len(worst_markdown) == 5
     assert len(at.image) >= 5 * 11  # query + 10 results each
+
+
+def test_bases_side_by_side_with_their_numbers_and_speed_when_timed(
+    app: Callable[[], AppTest],
+    evaluated: Studio,
+    jobs_started: list[SpawnedJob],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(core.measure.bases, "SPEED_SECONDS", 0.0)
+    evaluated.new_base("tiny-test")
+    at = open_page(app)
+    assert eval_jobs(jobs_started) == [
+        ["--model", "base-0001", "--split", "all", "-k", "10", "--relevance", "labels"]
+    ]
+    table = at.dataframe[0].value
+    reference = evaluate_version(evaluated.store, evaluated.index, "base", "all", 10, "labels")
+    assert list(table["version"]) == ["base (active)", "base-0001"]
+    assert list(table["encoder"]) == ["tiny-test", "tiny-test"]
+    assert table["mAP"][0] == pytest.approx(reference.map)
+    low, high = reference.intervals["map"]
+    assert table["mAP 95 %"][0] == f"[{low:.3f}, {high:.3f}]"
+    assert table["mAP"].isna()[1]  # being evaluated: the job was started for it
+    assert table["images/s"].isna().all()
+
+    timing = next(b for b in at.button if b.label.startswith("Time "))
+    assert timing.label == "Time base, base-0001"
+    at = timing.click().run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert (table["images/s"] > 0).all()
+    assert list(table["input px"]) == [64, 64] and list(table["vector size"]) == [32, 32]
+    assert not any(b.label.startswith("Time ") for b in at.button)
