@@ -18,6 +18,7 @@ from PIL import Image
 from torchvision import transforms
 
 from core.choices import PRECISIONS
+from core.encoder.allocator import keep_freed_memory
 from core.encoder.heads import apply_heads, head_taps
 from core.encoder.registry import (
     DEFAULT_ENCODER,
@@ -95,7 +96,7 @@ class Encoder:
         batch = torch.stack(list(prepared)).permute(0, 3, 1, 2)  # (B, 3, H, W) channels_last
         mean = torch.tensor(self._split.mean).view(1, -1, 1, 1)
         std = torch.tensor(self._split.std).view(1, -1, 1, 1)
-        return batch.float().div(255).sub(mean).div(std)
+        return batch.float().div_(255).sub_(mean).div_(std)  # in place: one float batch
 
     def _to_float(self, item: torch.Tensor) -> torch.Tensor:
         if item.dtype != torch.uint8 or self._split is None:
@@ -242,6 +243,7 @@ def load_encoder(name: str = DEFAULT_ENCODER, *, seed: int = 0) -> Encoder:
     Random-init parts (the untrained text tower, `tiny-test`) are seeded so two loads agree.
     """
     spec = get_encoder_spec(name)
+    keep_freed_memory()  # every batch would otherwise fault its activations in afresh
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model, preprocess = build_open_clip(spec)
