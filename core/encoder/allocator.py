@@ -10,7 +10,10 @@ CPU time (measured: 2,000 Fashion-MNIST images, system time 11.2 s -> 2.3 s; the
 forward 141 -> 231 images/s, ingest 102 -> 143 images/s; peak RSS 1,532 -> 1,679 MB).
 
 The price is memory: the process keeps what it freed (up to 1 GB at the heap's top, plus
-fragments), so its resident set stays near its high-water mark; ingest's peak grew ~10 %.
+fragments), so its resident set stays near its high-water mark. Work that ends a large phase
+(ingest, re-indexing, an evaluation) hands the free memory back (`release_freed_memory`,
+glibc's `malloc_trim`): a whole-gallery evaluation of 70,000 images left 2.8 GB resident
+tuned against 1.7 GB untuned, 1.3 GB after the release.
 
 The tuning raises both thresholds (`mallopt`), chosen at run time: only under glibc; any other
 C library keeps its own behaviour, which is correct, just slower. `load_encoder` applies it.
@@ -59,3 +62,10 @@ def _tune() -> bool:
     if not tuned:
         log.info("glibc refused the allocator thresholds; keeping its defaults")
     return tuned
+
+
+def release_freed_memory() -> None:
+    """Hand the memory the tuning kept back to the kernel, at the end of a large phase (so the
+    next phase does not start from this one's high-water mark); nothing when not tuned."""
+    if _tuned:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)

@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from core.config import Settings
+from core.encoder.allocator import release_freed_memory
 from core.encoder.model import Encoder
 from core.encoder.taps import TapCache
 from core.files import atomic_write
@@ -197,6 +198,8 @@ def sync_index(
         index.upsert(version, [r.id for r in chunk], encoder.encode(images, settings.batch_size))
         if progress is not None:
             progress(start + len(chunk), len(missing))
+    if missing:
+        release_freed_memory()
     return len(missing), len(orphans)
 
 
@@ -389,4 +392,5 @@ def ingest(
                     progress(done, total)
     finally:
         report.added = writer.close()
+        release_freed_memory()
     return report

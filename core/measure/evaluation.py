@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from core.choices import EVAL_SPLITS, METRIC_NAMES, RELEVANCE_SOURCES
+from core.encoder.allocator import release_freed_memory
 from core.errors import LookalikeError
 from core.measure.metrics import RankingMetrics, per_query_metrics, ranking_metrics, top_by_scores
 from core.search.index import VectorIndex
@@ -344,6 +345,7 @@ def evaluate_version(
         raise EvaluationError("k must be at least 1.")
     started = time.perf_counter()
     ranking = build_ranking(store, index, version, split, relevance, k, query_vectors)
+    release_freed_memory()  # the ranking's score blocks: gone, and handed back
     summary = ranking.summary(k)
     return Evaluation(
         model=version,

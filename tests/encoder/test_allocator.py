@@ -64,3 +64,28 @@ def test_it_is_decided_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(allocator, "_tune", lambda: calls.append(1) or True)
     assert allocator.keep_freed_memory() and allocator.keep_freed_memory()
     assert calls == [1]
+
+
+RELEASE = """
+import torch
+from core.encoder.allocator import keep_freed_memory, release_freed_memory
+def resident_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+assert keep_freed_memory()
+batch = [torch.ones(16 * 1024 * 1024) for _ in range(8)]  # 512 MB
+del batch
+kept = resident_mb()
+release_freed_memory()
+print(kept, resident_mb())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the tuning is glibc's mallopt")
+def test_releasing_hands_the_kept_memory_back() -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    result = subprocess.run(
+        [sys.executable, "-c", RELEASE], cwd=ROOT, env=clean, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    kept, released = (int(x) for x in result.stdout.split())
+    assert kept - released >= 400
