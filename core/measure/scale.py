@@ -59,7 +59,7 @@ def sampled_recall(studio: Studio, n_queries: int, k: int = 10, seed: int = 0) -
     (all of them when there are fewer): exact search over 70,000 queries would be the
     benchmark's longest part and tell nothing a 2,000-query sample does not."""
     version = studio.active_version().version
-    ids, _ = studio.index.get_embeddings(version)
+    ids = sorted(studio.index.ids(version))
     chosen = sorted(random.Random(seed).sample(ids, min(n_queries, len(ids))))
     _, vectors = studio.index.get_embeddings(version, chosen)
     approx = studio.index.query(version, vectors, k)

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import chromadb
 import numpy as np
@@ -48,7 +48,8 @@ SPACES = ("cosine", "ip")  # both give distance = 1 - cosine on unit vectors
 _DIM_KEY = "dim"  # collection metadata: the embedding width the collection was created for
 _VERSION_RE = re.compile(r"[A-Za-z0-9._-]*[A-Za-z0-9]")  # the prefix supplies a valid start
 Exclusions = Sequence[set[str]] | None  # per query row: ids to leave out of its results
-_EXACT_CHUNK = 1024  # query rows per matrix product: bounds exact search memory to chunk x n
+_ID_PAGES = 20  # an id-only read pages this many index batches at a time
+_EXACT_CHUNK = 256  # query rows per matrix product: exact search holds chunk x n scores, sorted
 
 
 class VectorIndexError(LookalikeError, RuntimeError):
@@ -176,8 +177,17 @@ class VectorIndex:
         return 0 if col is None else col.count()
 
     def ids(self, version: str) -> set[str]:
-        """Image ids held for `version`."""
-        return set(self.get_embeddings(version)[0])
+        """Image ids held for `version` (read without their vectors)."""
+        col = self._collection(version)
+        if col is None:
+            return set()
+        page = self.batch_size * _ID_PAGES
+        with _chroma_errors(f"read the index of model version {version!r}"):
+            return {
+                image_id
+                for start in range(0, col.count(), page)
+                for image_id in col.get(limit=page, offset=start, include=[])["ids"]
+            }
 
     def upsert(self, version: str, ids: Sequence[str], embeddings: np.ndarray) -> None:
         """Insert or replace `embeddings` `(n, d)` under `ids` (n), creating the collection.
@@ -247,11 +257,12 @@ class VectorIndex:
             return [], np.zeros((0, 0), np.float32)
         wanted = None if ids is None else list(dict.fromkeys(_as_id_list(ids)))
         with _chroma_errors(f"read the index of model version {version!r}"):
-            found = _read_vectors(col, wanted, self.batch_size)
-        order = sorted(found) if wanted is None else [i for i in wanted if i in found]
+            found, matrix = _read_vectors(col, wanted, self.batch_size)
+        row = {image_id: n for n, image_id in enumerate(found)}  # a repeated id: the last read
+        order = sorted(row) if wanted is None else [i for i in wanted if i in row]
         if not order:
             return [], np.zeros((0, _dim(col) or 0), np.float32)
-        return order, np.stack([found[i] for i in order])
+        return order, matrix[np.fromiter((row[i] for i in order), np.intp, len(order))]
 
     def query(
         self, version: str, embeddings: np.ndarray, k: int, *, exclude: Exclusions = None
@@ -380,24 +391,28 @@ def _chroma_errors(doing: str) -> Iterator[None]:
         raise VectorIndexError(f"Chroma could not {doing}: {exc}") from exc
 
 
-def _read_vectors(col: Collection, ids: list[str] | None, batch: int) -> dict[str, np.ndarray]:
-    """`{id: (d,) float32}` for `ids` held by `col` (all of its rows when None), paged."""
+def _read_vectors(col: Collection, ids: list[str] | None, batch: int) -> tuple[list[str], Any]:
+    """The ids read and their `(n, d)` float32 rows, for `ids` held by `col` (all of its rows
+    when None), paged; each page is made float32 as it arrives (Chroma hands back float64), so
+    reading 70,000 vectors holds them once, not a float64 copy of every page beside them."""
     if ids is None:
-        pages = [
+        pages: Iterator[Any] = (
             col.get(limit=batch, offset=s, include=["embeddings"])
             for s in range(0, col.count(), batch)
-        ]
+        )
     else:
-        pages = [
+        pages = (
             col.get(ids=ids[s : s + batch], include=["embeddings"])
             for s in range(0, len(ids), batch)
-        ]
-    found: dict[str, np.ndarray] = {}
+        )
+    found: list[str] = []
+    rows: list[np.ndarray] = []
     for page in pages:
         vectors = page["embeddings"]
-        if vectors is not None:  # Chroma hands back float64; it stored float32
-            found.update(zip(page["ids"], np.asarray(vectors, np.float32), strict=True))
-    return found
+        if vectors is not None and len(page["ids"]):
+            found.extend(page["ids"])
+            rows.append(np.asarray(vectors, np.float32))
+    return found, np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
 
 def _dim(col: Collection) -> int | None:
