@@ -391,7 +391,9 @@ def _chroma_errors(doing: str) -> Iterator[None]:
         raise VectorIndexError(f"Chroma could not {doing}: {exc}") from exc
 
 
-def _read_vectors(col: Collection, ids: list[str] | None, batch: int) -> tuple[list[str], Any]:
+def _read_vectors(
+    col: Collection, ids: list[str] | None, batch: int
+) -> tuple[list[str], np.ndarray]:
     """The ids read and their `(n, d)` float32 rows, for `ids` held by `col` (all of its rows
     when None), paged; each page is made float32 as it arrives (Chroma hands back float64), so
     reading 70,000 vectors holds them once, not a float64 copy of every page beside them."""
@@ -410,8 +412,13 @@ def _read_vectors(col: Collection, ids: list[str] | None, batch: int) -> tuple[l
     for page in pages:
         vectors = page["embeddings"]
         if vectors is not None and len(page["ids"]):
+            block = np.asarray(vectors, np.float32)
+            if len(block) != len(page["ids"]):
+                raise VectorIndexError(
+                    f"Chroma returned {len(block)} vectors for {len(page['ids'])} ids."
+                )
             found.extend(page["ids"])
-            rows.append(np.asarray(vectors, np.float32))
+            rows.append(block)
     return found, np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
 
