@@ -50,7 +50,7 @@ def _tune() -> bool:
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         libc.gnu_get_libc_version  # noqa: B018 — glibc's own symbol: not musl or another libc
         mallopt = libc.mallopt
     except (OSError, AttributeError):
@@ -68,4 +68,8 @@ def release_freed_memory() -> None:
     """Hand the memory the tuning kept back to the kernel, at the end of a large phase (so the
     next phase does not start from this one's high-water mark); nothing when not tuned."""
     if _tuned:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        _libc().malloc_trim(0)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
