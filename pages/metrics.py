@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from core.choices import EVAL_SPLITS, METRIC_NAMES, RELEVANCE_SOURCES
-from core.measure.bases import compare_bases, measure_speed, unmeasured
+from core.measure.bases import SPEED_BATCH, compare_bases, measure_speed, unmeasured
 from core.measure.eval_job import (
     CURVE_DEPTH,
     EvalRequest,
@@ -76,7 +76,8 @@ with offline:
     st.caption(
         f"The versions without a parent (one per encoder choice: Train page, New base) at split "
         f"{split}, k = {k}, relevance from {relevance}, with 95 % intervals. images/s: the "
-        "encoder's forward pass on this machine at its input size and precision, batch 32."
+        f"encoder's forward pass on this machine at its input size and precision, batch "
+        f"{SPEED_BATCH}."
     )
     untimed = unmeasured(studio)
     if untimed and st.button(f"Time {', '.join(untimed)}", help="A few seconds per encoder"):

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from PIL import Image
 
-from core.encoder.model import Encoder
-from core.measure.bench import images_per_s
+from core.measure.bench import images_per_s, input_px
 from core.measure.evaluation import Evaluation
 from core.store import ModelVersion, utc_now
 from core.studio import Studio
@@ -57,11 +55,6 @@ class BaseFigures:
             low, high = (None, None) if e is None else e.intervals.get(name, (None, None))
             row[f"{shown} 95 %"] = None if low is None else f"[{low:.3f}, {high:.3f}]"
         return row
-
-
-def input_px(encoder: Encoder) -> int:
-    """The tower's native input side, as its preprocessing makes it."""
-    return int(encoder.preprocess(Image.new("RGB", (8, 8))).shape[-1])
 
 
 def measure_speed(studio: Studio, version: str) -> dict[str, Any]:

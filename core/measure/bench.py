@@ -52,10 +52,15 @@ def images_per_s(
     return batch * passes / (time.perf_counter() - started)
 
 
+def input_px(encoder: Encoder) -> int:
+    """The tower's native input side, as its preprocessing makes it."""
+    return int(encoder.preprocess(Image.new("RGB", (8, 8))).shape[-1])
+
+
 def bench_forward(encoder: Encoder) -> dict[str, float | str]:
     """The tower's own speed in the encoder's precision (channels_last, autocast as chosen)
     beside the reference: timm's efficientnet_lite0, NCHW, fp32, no autocast, batch 32."""
-    size = int(encoder.preprocess(Image.new("RGB", (8, 8))).shape[-1])
+    size = input_px(encoder)
     return {
         "precision": encoder.precision,
         "encoder_images_per_s": round(images_per_s(encoder.encode_pixels, size), 1),
@@ -72,7 +77,7 @@ def bench_encoders(requested_precision: str = "auto") -> dict[str, float | str]:
         if spec.packaged_trunk is None:  # downloads (ARCH/TAG) or tests only (tiny-test)
             continue
         encoder = load_encoder(name).with_precision(resolve_precision(requested_precision, spec))
-        size = int(encoder.preprocess(Image.new("RGB", (8, 8))).shape[-1])
+        size = input_px(encoder)
         figures[f"forward_{name}_precision"] = encoder.precision
         figures[f"forward_{name}_images_per_s"] = round(
             images_per_s(encoder.encode_pixels, size), 1
