@@ -13,8 +13,9 @@ export LOOKALIKE_DATA ?= $(CURDIR)/data
 
 LOOP_DATA ?= $(CURDIR)/data-loop
 SCALE_DATA ?= $(CURDIR)/data-scale
+NEW_DATA ?= $(CURDIR)/data-new-categories
 LIMIT ?=
-.PHONY: run test install browser demo lint typecheck unit bench bench-load bench-beside-lab bench-scale loop clean
+.PHONY: run test install browser demo lint typecheck unit bench bench-load bench-beside-lab bench-scale loop new-categories clean
 
 ## run: set up everything, fetch and index the demo gallery, compute its map (so the Embeddings
 ## page opens from the cache), start the app on $(PORT)
@@ -75,16 +76,25 @@ bench-scale: install
 	rm -rf $(SCALE_DATA)
 	$(PY) -m core bench --scale --data-dir $(SCALE_DATA) --json $(if $(LIMIT),--limit $(LIMIT))
 
-## loop: the closed loop on a fresh data dir: baseline on test, simulate, fine-tune (head, then
-## partial, both from base), compare
+## loop: the closed loop, two rounds, on a fresh data dir: the base on test; round 1 simulates
+## 300 searches, fine-tunes (the defaults) and activates; round 2 simulates 300 more with that
+## version and fine-tunes from it. `models` then shows every version against its parent on test
+## over all, seen and unseen categories
 loop: install
 	rm -rf $(LOOP_DATA)
 	$(PY) -m core demo-data --data-dir $(LOOP_DATA)
 	$(PY) -m core evaluate --split test --data-dir $(LOOP_DATA)
 	$(PY) -m core simulate --queries 300 --seed 0 --data-dir $(LOOP_DATA)
-	$(PY) -m core train --from-feedback --mode head --data-dir $(LOOP_DATA)
-	$(PY) -m core train --from-feedback --mode partial --data-dir $(LOOP_DATA)
+	$(PY) -m core train --from-feedback --activate --data-dir $(LOOP_DATA)
+	$(PY) -m core simulate --queries 300 --seed 1 --data-dir $(LOOP_DATA)
+	$(PY) -m core train --from-feedback --data-dir $(LOOP_DATA)
 	$(PY) -m core models --data-dir $(LOOP_DATA)
+
+## new-categories: hold 24 categories out of the demo gallery, simulate and fine-tune without
+## them, add them, and compare the new version with its parent on them (fresh $(NEW_DATA))
+new-categories: install
+	rm -rf $(NEW_DATA)
+	$(PY) -m core new-categories --data-dir $(NEW_DATA) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

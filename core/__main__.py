@@ -20,6 +20,7 @@ from core.choices import (
     DEMO_SETS,
     EVAL_SPLITS,
     EXPORT_FORMATS,
+    LABEL_SETS,
     PROJECTION_METHODS,
     RELEVANCE_SOURCES,
     TRAIN_MODES,
@@ -104,10 +105,20 @@ def cmd_search(studio: Any, args: argparse.Namespace) -> int:
 def cmd_evaluate(studio: Any, args: argparse.Namespace) -> int:
     from core.measure.evaluation import evaluate
 
-    result = evaluate(studio, args.model, args.split, args.k, args.relevance)
+    result = evaluate(
+        studio,
+        args.model,
+        args.split,
+        args.k,
+        args.relevance,
+        labels=args.labels,
+        labels_of=args.labels_of,
+    )
     payload = result.as_dict(per_label=args.per_label)
+    asked = "" if result.labels == "all" else f" · {result.labels} labels of {result.labels_of}"
     lines = [
-        f"{result.model} · split {result.split} · k={result.k} · relevance {result.relevance}",
+        f"{result.model} · split {result.split} · k={result.k} · relevance {result.relevance}"
+        f"{asked}",
         f"{result.n_queries} queries ({result.n_excluded} without a relevant item left out)"
         f" in {result.seconds:.2f} s",
     ]
@@ -132,6 +143,9 @@ def _version_line(row: dict[str, Any]) -> str:
         if name in whole:
             low, high = whole.get(f"{name}_interval", (whole[name], whole[name]))
             scores += f" gallery {shown} {whole[name]:.4f} [{low:.4f}, {high:.4f}]"
+    for name, found in row["label_sets"].items():
+        before, after = found["before"].get("map"), found["after"]["map"]
+        scores += f" {name} mAP {before:.4f}->{after:.4f}" if before else f" {name} mAP {after:.4f}"
     mode = f" mode={row['mode']}" if row["mode"] else ""
     speed = row["speed"]
     shape = (
@@ -161,7 +175,18 @@ def cmd_models(studio: Any, args: argparse.Namespace) -> int:
 
         for version in unmeasured(studio):
             measure_speed(studio, version)
-    keys = ("version", "active", "parent", "encoder", "precision", "mode", "created_at", "metrics")
+    keys = (
+        "version",
+        "active",
+        "parent",
+        "encoder",
+        "precision",
+        "mode",
+        "created_at",
+        "metrics",
+        "seen_labels",
+        "label_sets",
+    )
     versions = studio.versions()
     rows = [{key: row[key] for key in keys} for row in (v.summary() for v in versions)]
     for row, version in zip(rows, versions, strict=True):
@@ -185,7 +210,7 @@ def cmd_new_base(studio: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_activate(studio: Any, args: argparse.Namespace) -> int:
-    version = studio.activate(args.version)
+    version = studio.activate(args.version, force=args.force)
     _emit({"active": version.version}, args.json, f"active: {version.version}")
     return 0
 
@@ -194,12 +219,22 @@ def cmd_simulate(studio: Any, args: argparse.Namespace) -> int:
     from core.measure.simulate import ClickModel, simulate
 
     model = ClickModel(noise=args.noise)
-    report = simulate(studio, n_queries=args.queries, seed=args.seed, k=args.k, model=model)
+    report = simulate(
+        studio,
+        n_queries=args.queries,
+        seed=args.seed,
+        k=args.k,
+        model=model,
+        exclude_labels=args.exclude_labels,
+        exclude_seed=args.exclude_seed,
+    )
     payload = report.as_dict()
     text = (
         f"{report.queries} queries, {report.impressions} impressions, "
         f"{report.clicks} clicks, CTR {report.ctr:.4f}"
     )
+    if report.excluded_labels:
+        text += f"; no feedback on {len(report.excluded_labels)} categories"
     _emit(payload, args.json, text)
     return 0
 
@@ -228,7 +263,14 @@ def cmd_train(studio: Any, args: argparse.Namespace) -> int:
     from core.learn.training import TrainSettings
 
     settings = TrainSettings.for_mode(
-        args.mode, epochs=args.epochs, blocks=args.blocks, taps=False if args.no_taps else None
+        args.mode,
+        epochs=args.epochs,
+        blocks=args.blocks,
+        taps=False if args.no_taps else None,
+        seed=args.seed,
+        wise=args.wise,
+        l2sp=args.l2sp,
+        distill=args.distill,
     )
     if args.images:  # self-supervised: no labels, two augmented views per image
         from core.learn.selfsup import load_folder, self_supervised
@@ -241,7 +283,13 @@ def cmd_train(studio: Any, args: argparse.Namespace) -> int:
             callbacks=[_EpochPrinter()],
         )
     else:
-        report = fine_tune(studio, settings, activate=args.activate, callbacks=[_EpochPrinter()])
+        report = fine_tune(
+            studio,
+            settings,
+            activate=args.activate,
+            force=args.force,
+            callbacks=[_EpochPrinter()],
+        )
     payload = report.as_dict()
     del payload["summary"]  # on the version's card (`models`); too long for a terminal
     unit = "images" if args.images else "pairs"
@@ -257,7 +305,35 @@ def cmd_train(studio: Any, args: argparse.Namespace) -> int:
         lines.append(
             f"{name:>15}: {before:.4f} -> {after:.4f}  ({after / max(before, 1e-12):.3f}x)"
         )
+    for name, found in report.label_sets.items():
+        shown = {m: f"{found['before'][m]:.4f} -> {found['after'][m]:.4f}" for m in ("map", "mrr")}
+        lines.append(f"{name + ' labels':>15}: mAP {shown['map']}, MRR {shown['mrr']}")
     _emit(payload, args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_new_categories(studio: Any, args: argparse.Namespace) -> int:
+    from core.learn.finetune import fine_tune
+    from core.measure.new_categories import new_category_check
+
+    check = new_category_check(
+        studio,
+        lambda s: fine_tune(s).version,
+        hold_out=args.hold_out,
+        seed=args.seed,
+        queries=args.queries,
+    )
+    lines = [
+        f"{len(check.held_out)} categories held out ({check.images} images, {check.queries} "
+        f"queries over the whole gallery); {check.version} against {check.parent}, k = 10:"
+    ]
+    for name, before in check.metrics_parent.items():
+        after = check.metrics_version[name]
+        ratio = check.ratios.get(name)
+        shown = f"  ({ratio:.3f}x)" if ratio is not None else ""
+        lines.append(f"{name:>15}: {before:.4f} -> {after:.4f}{shown}")
+    lines.append(f"in {check.seconds} s")
+    _emit(check.as_dict(), args.json, "\n".join(lines))
     return 0
 
 
@@ -488,6 +564,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="same label, or the logged similar / not similar / grades",
     )
     evaluate.add_argument("--per-label", action="store_true", help="add the per-label breakdown")
+    evaluate.add_argument(
+        "--labels",
+        choices=LABEL_SETS,
+        default="all",
+        help="count only the queries of the categories a fine-tune's feedback covered (seen) or "
+        "did not (unseen); the gallery ranked stays the whole split",
+    )
+    evaluate.add_argument(
+        "--labels-of",
+        metavar="VERSION",
+        help="whose seen categories --labels means (default: the version evaluated)",
+    )
     models = add("models", cmd_models, "List model versions.")
     models.add_argument(
         "--measure",
@@ -509,12 +597,31 @@ def build_parser() -> argparse.ArgumentParser:
     base_job.add_argument("encoder")
     activate = add("activate", cmd_activate, "Make a model version the one search uses.")
     activate.add_argument("version")
+    activate.add_argument(
+        "--force",
+        action="store_true",
+        help="even if it ranks the categories its feedback never covered over 1 %% worse than "
+        "its parent",
+    )
     simulate = add("simulate", cmd_simulate, "Log searches of a simulated user over train images.")
     simulate.add_argument("--queries", type=int, default=100)
     simulate.add_argument("--seed", type=int, default=0)
     simulate.add_argument("-k", type=int, default=10)
     simulate.add_argument(
         "--noise", type=float, default=0.05, help="P(click on an irrelevant result)"
+    )
+    simulate.add_argument(
+        "--exclude-labels",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="leave this share of the train categories (drawn by --seed) without any feedback",
+    )
+    simulate.add_argument(
+        "--exclude-seed",
+        type=int,
+        help="draw the excluded categories with this seed instead of --seed (a later round "
+        "keeps the first round's out)",
     )
     export = add("export-interactions", cmd_export, "Write the interaction log as CSV or Parquet.")
     export.add_argument("out")
@@ -549,7 +656,33 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the new head reads the embedding alone, not the tower's stage outputs too",
     )
+    train.add_argument("--seed", type=int, help="training seed: split, batches, init (0)")
+    train.add_argument(
+        "--wise",
+        type=float,
+        help="WiSE-FT: the share of the trained update kept, in (0, 1] (default: per mode)",
+    )
+    train.add_argument("--l2sp", type=float, help="L2-SP: weight of ||θ - θ_parent||² (0)")
+    train.add_argument(
+        "--distill",
+        type=float,
+        help="weight of distilling the parent's similarities over train images (default: per mode)",
+    )
     train.add_argument("--activate", action="store_true", help="make the new version active")
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="with --activate: even if it forgets the categories its feedback never covered",
+    )
+    new_categories = add(
+        "new-categories",
+        cmd_new_categories,
+        "On an empty data directory: hold categories out of the demo gallery, simulate feedback, "
+        "fine-tune, add the held-out images, and compare the new version with its parent on them.",
+    )
+    new_categories.add_argument("--hold-out", type=int, default=24, help="categories held out")
+    new_categories.add_argument("--seed", type=int, default=0)
+    new_categories.add_argument("--queries", type=int, default=300, help="simulated searches")
     job = add("train-job", cmd_train_job, "Run a queued training run (the Train page starts it).")
     job.add_argument("run_id", type=int)
     project = add("project", cmd_project, "Write a 2-D map of a version's gallery as CSV.")

@@ -59,6 +59,10 @@ from core.store import (
 log = logging.getLogger(__name__)
 
 
+class ActivationRefused(LookalikeError, ValueError):
+    """Activating this version needs an explicit confirmation; the sentence says why."""
+
+
 class EmptyGalleryError(LookalikeError, RuntimeError):
     """Search was asked of a gallery with no images."""
 
@@ -202,8 +206,16 @@ class Studio:
         """Versions whose index collection holds vectors (the ones a page can search or map)."""
         return [v.version for v in self.versions() if self.index.count(v.version)]
 
-    def activate(self, version: str) -> ModelVersion:
-        """Make `version` the one search uses (roll back by activating its parent)."""
+    def activate(self, version: str, *, force: bool = False) -> ModelVersion:
+        """Make `version` the one search uses (roll back by activating its parent). A version
+        that ranks categories its feedback never covered more than 1 % worse than its parent
+        (`ModelVersion.forgetting`) is refused with the reason unless `force`."""
+        found = self.store.get_model_version(version)
+        why = found.forgetting()
+        if why and not force and not found.active:
+            raise ActivationRefused(
+                f"{why}. Activate it anyway with --force (the Train page: tick the box)."
+            )
         return self.store.activate(version)
 
     def state_signature(self) -> str:
@@ -281,7 +293,7 @@ class Studio:
         candidates = iter_candidates(
             paths, label_from_folders=label_from_folders, extensions=extensions
         )
-        return self._ingest_candidates(list(candidates), progress)
+        return self.ingest_candidates(list(candidates), progress)
 
     def ingest_uploads(
         self,
@@ -317,7 +329,7 @@ class Studio:
             raise DemoDataError(f"Unknown demo set {dataset!r}; choose {', '.join(DEMO_SETS)}.")
         if dataset == "fashion-mnist":
             files = fashion_mnist_files(self.settings.demo_dir, limit)
-            return self._ingest_candidates(list(labelled_candidates(files)), progress)
+            return self.ingest_candidates(list(labelled_candidates(files)), progress)
         if limit is not None:
             raise DemoDataError(f"A limit applies to fashion-mnist only, not to {dataset}.")
         stamps = fetch_demo_stamps(self.settings.demo_dir)
@@ -325,7 +337,7 @@ class Studio:
             [stamps], label_from_folders=True, extensions=DEMO_EXTENSIONS, progress=progress
         )
 
-    def _ingest_candidates(
+    def ingest_candidates(
         self, candidates: Sequence[Candidate | Rejected], progress: Progress | None
     ) -> IngestReport:
         """Candidates (files with folder labels, or with labels known up front) into the

@@ -1,5 +1,5 @@
-"""Metrics: offline ranking metrics by version and by label, bases side by side, online CTR,
-the worst queries.
+"""Metrics: offline ranking metrics by version and by label, bases side by side, seen and
+unseen categories against each parent, online CTR, the worst queries.
 
 The offline numbers are read, never computed here: stored evaluation runs (the bars, the
 per-label table) and cached rankings (the curves, the worst queries). What is missing for the
@@ -22,6 +22,7 @@ from core.measure.eval_job import (
 )
 from core.measure.evaluation import worst_queries
 from core.measure.online import click_through, labelled_share, rates_by, similar_share
+from core.measure.seen import seen_unseen_rows
 from ui.charts import METRIC_LABELS, curves, rate_chart, versions_bars
 from ui.jobs import ensure_evaluations, follow_job, ranking_cache
 from ui.resources import get_studio
@@ -91,6 +92,17 @@ with offline:
         hide_index=True,
         width="stretch",
     )
+    st.subheader("Seen and unseen categories")
+    st.caption(
+        "Each fine-tuned version against its parent on the test split at k = 10, recorded when "
+        "it was trained: over the queries of the categories its feedback covered (seen) and of "
+        "the rest (unseen). Activating one that ranks unseen categories over 1 % worse than its "
+        "parent needs a confirmation on the Train page."
+    )
+    if label_sets := seen_unseen_rows(studio):
+        st.dataframe(pd.DataFrame(label_sets), hide_index=True, width="stretch")
+    else:
+        st.caption("No version was fine-tuned on feedback yet.")
 
 with per_label:
     if evaluations:

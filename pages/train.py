@@ -108,7 +108,14 @@ table = table.assign(
         "test mAP before": [m.get("map") for m in table.metrics_before],
         "test mAP after": [m.get("map") for m in table.metrics],
     },
-).rename(columns={"created_at": "created"})
+    **{
+        f"{name} mAP {when}": [
+            sets.get(name, {}).get(when, {}).get("map") for sets in table.label_sets
+        ]
+        for name in ("seen", "unseen")
+        for when in ("before", "after")
+    },
+).rename(columns={"created_at": "created", "seen_labels": "seen categories"})
 columns = [
     "version",
     "active",
@@ -117,6 +124,11 @@ columns = [
     "mode",
     "test mAP before",
     "test mAP after",
+    "seen mAP before",
+    "seen mAP after",
+    "unseen mAP before",
+    "unseen mAP after",
+    "seen categories",
     "pairs",
 ]
 st.dataframe(table[[*columns, "created"]], hide_index=True, width="stretch")
@@ -124,8 +136,17 @@ pick, button = st.columns([3, 1], vertical_alignment="bottom")
 chosen = pick.selectbox(
     "Version", [v.version for v in versions], index=[v.active for v in versions].index(True)
 )
-if button.button("Activate", disabled=chosen == studio.active_version().version):
-    studio.activate(chosen)
+st.caption(
+    "Before and after: test metrics recorded when the version was trained, its parent's and its "
+    "own, over every query, the categories its feedback covered (seen) and the rest (unseen)."
+)
+forgets = next(v for v in versions if v.version == chosen).forgetting()
+confirmed = True
+if forgets:
+    st.warning(f"{forgets}.")
+    confirmed = st.checkbox("Activate it anyway", key=f"force-{chosen}")
+if button.button("Activate", disabled=chosen == studio.active_version().version or not confirmed):
+    studio.activate(chosen, force=bool(forgets))
     st.toast(f"{chosen} is active: search uses it now (roll back by activating its parent).")
     st.rerun()
 

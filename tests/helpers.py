@@ -16,7 +16,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,13 +177,18 @@ def run_json(data: Path, *args: str) -> Any:
 
 
 def reference_metrics(
-    ids: list[str], labels: list[str | None], vectors: np.ndarray, k: int
+    ids: list[str],
+    labels: list[str | None],
+    vectors: np.ndarray,
+    k: int,
+    query_labels: Collection[str] | None = None,
 ) -> dict[str, float]:
-    """DESIGN.md "Metrics, exactly", written plainly: one query at a time, python loops."""
+    """DESIGN.md "Metrics, exactly", written plainly: one query at a time, python loops; with
+    `query_labels`, only the queries of those labels count (every image is still ranked)."""
     totals = {"mrr": 0.0, "map": 0.0, "precision_at_k": 0.0, "recall_at_k": 0.0, "ndcg_at_k": 0.0}
     counted = 0
     for q in range(len(ids)):
-        if not labels[q]:
+        if not labels[q] or (query_labels is not None and labels[q] not in query_labels):
             continue
         others = [j for j in range(len(ids)) if j != q]
         # Best first; ties go to the earlier catalog position (a stable sort).

@@ -76,6 +76,7 @@ BACKEND_OWNERS: dict[str, tuple[str, ...]] = {
 CLI_CHOICES = {  # (sub-command, option) -> the tuple in core.choices it must offer
     ("evaluate", "--split"): "EVAL_SPLITS",
     ("evaluate", "--relevance"): "RELEVANCE_SOURCES",
+    ("evaluate", "--labels"): "LABEL_SETS",
     ("train", "--mode"): "TRAIN_MODES",
     ("project", "--method"): "PROJECTION_METHODS",
     ("map-job", "--method"): "PROJECTION_METHODS",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,16 +23,17 @@ import torch
 from core.encoder.heads import ResidualHead
 from core.encoder.taps import stage_modules
 from core.encoder.versions import HEAD_FILE, TOWER_FILE, save_weights
-from core.learn.pairs import PairSettings, TrainingPairs, build_pairs
+from core.learn.pairs import PairSettings, TrainingPairs, build_pairs, feedback_labels
 from core.learn.training import (
     Callback,
+    Distillation,
     History,
     PairTensors,
     TrainingError,
     TrainSettings,
     fit,
 )
-from core.measure.evaluation import evaluate
+from core.measure.evaluation import evaluate, label_set_metrics
 
 if TYPE_CHECKING:
     from core.store import ModelVersion
@@ -52,6 +53,9 @@ class FineTuneReport:
     summary: dict[str, object]
     # reading the gallery before training: the head's taps, a tower's cached prefix
     prepare_seconds: float = 0.0
+    # test metrics over the queries of the categories the feedback covered ("seen") and of the
+    # rest ("unseen"), before (the parent) and after: {"seen": {"before": …, "after": …}, …}
+    label_sets: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -71,14 +75,26 @@ def _tensors(pairs: TrainingPairs, row: dict[str, int]) -> PairTensors:
     )
 
 
-def feedback_pairs(studio: Studio, pair_settings: PairSettings) -> TrainingPairs:
+def feedback_pairs(
+    studio: Studio, pair_settings: PairSettings, seen: list[str] | None = None
+) -> TrainingPairs:
     """The active version's training pairs from the log, train images only (the Train page
-    shows their summary before any run)."""
+    shows their summary before any run). A `seen` list gets the categories the feedback
+    covered (`feedback_labels`) appended."""
     records = studio.store.list_images()
     indexed = studio.index.ids(studio.active_version().version)
     train_ids = {r.id for r in records if r.split == "train" and r.id in indexed}
     log = studio.store.feedback.interactions(with_query_id=True)
-    return build_pairs(log, {r.id: r.label for r in records}, train_ids, pair_settings)
+    labels = {r.id: r.label for r in records}
+    if seen is not None:
+        seen.extend(feedback_labels(log, labels, train_ids))
+    return build_pairs(log, labels, train_ids, pair_settings)
+
+
+def seen_labels_after(parent: ModelVersion, covered: Sequence[str]) -> list[str]:
+    """The categories a version trained from `parent` has seen over every round: the parent's
+    (`seen_labels` on its card; a base has none) and those this run's feedback covered."""
+    return sorted({*parent.card.get("seen_labels", []), *covered})
 
 
 def register_version(
@@ -130,6 +146,14 @@ def register_version(
     return version, after
 
 
+def distillation(studio: Studio, ids: Sequence[str], vectors: np.ndarray) -> Distillation:
+    """The parent's vectors as the distillation term's targets, over the gallery's train
+    images (`Distillation`): no test image enters training, labelled or not."""
+    train = {r.id for r in studio.store.list_images(split="train")}
+    rows = [n for n, image_id in enumerate(ids) if image_id in train]
+    return Distillation(torch.from_numpy(vectors), torch.tensor(rows, dtype=torch.long))
+
+
 def head_vectors(
     head: torch.nn.Module, ids: list[str], inputs: np.ndarray
 ) -> tuple[list[str], np.ndarray]:
@@ -146,22 +170,35 @@ def fine_tune(
     pair_settings: PairSettings | None = None,
     *,
     activate: bool = False,
+    force: bool = False,
     callbacks: Sequence[Callback] = (),
 ) -> FineTuneReport:
     """Fine-tune the active version on its logged feedback (train split only) in
-    `settings.mode` (default: `head`) into a new version, indexed and evaluated on `test`."""
+    `settings.mode` (default: `head`) into a new version, indexed and evaluated on `test`:
+    over every query, and over those of the categories its feedback covered (its card's
+    `seen_labels`, every round's) and did not (`metrics_seen`, `metrics_unseen`, and the
+    parent's on the same sets, `metrics_before_seen` / `metrics_before_unseen`). `activate`
+    makes it active unless it forgets unseen categories (`Studio.activate`; `force` anyway)."""
     settings = settings or TrainSettings()
     pair_settings = pair_settings or PairSettings()
     parent = studio.active_version()
     ids, vectors = studio.index.get_embeddings(parent.version)
     row = {image_id: n for n, image_id in enumerate(ids)}
-    pairs = feedback_pairs(studio, pair_settings)
+    covered: list[str] = []
+    pairs = feedback_pairs(studio, pair_settings, covered)
     if len(pairs) < 2:
         raise TrainingError("Not enough feedback on train images to fine-tune: label more.")
+    seen = seen_labels_after(parent, covered)
     # Before anything is written: a test split that cannot be evaluated stops the run here,
     # not after the version is registered without its metrics.
     before = evaluate(studio, parent.version, split="test").metrics()
-    card: dict[str, object] = {"mode": settings.mode, "source": "feedback", "pairs": pairs.summary}
+    before_sets = label_set_metrics(studio, parent.version, seen)
+    card: dict[str, object] = {
+        "mode": settings.mode,
+        "source": "feedback",
+        "pairs": pairs.summary,
+        "seen_labels": seen,
+    }
     prepared = 0.0  # seconds spent reading the gallery before training
     if settings.mode == "head":
         # (n, D) frozen unit features, read once above, and the tower's (n, t) stage taps
@@ -176,20 +213,56 @@ def fine_tune(
             prepared = round(time.perf_counter() - started, 2)
         inputs = np.concatenate([vectors, taps], axis=1)
         head = ResidualHead(vectors.shape[1], taps=taps.shape[1])
-        history = fit(head, torch.from_numpy(inputs), _tensors(pairs, row), settings, callbacks)
+        history = fit(
+            head,
+            torch.from_numpy(inputs),
+            _tensors(pairs, row),
+            settings,
+            callbacks,
+            distillation(studio, ids, vectors),
+        )
         weights = {HEAD_FILE: dict(head.state_dict())}
         gallery = head_vectors(head, ids, inputs)
     else:
         from core.learn.tower import tower_fit
 
-        result = tower_fit(studio, parent, ids, _tensors(pairs, row), settings, callbacks)
+        result = tower_fit(
+            studio,
+            parent,
+            ids,
+            _tensors(pairs, row),
+            settings,
+            callbacks,
+            distillation(studio, ids, vectors),
+        )
         history, gallery = result.history, (ids, result.vectors)
         weights = {TOWER_FILE: result.tower, HEAD_FILE: result.head}
         card["cached"], prepared = result.cached, result.prepare_seconds
     card["prepare_seconds"] = prepared
     version, after = register_version(
-        studio, parent, weights, gallery, settings, history, card, before, activate
+        studio, parent, weights, gallery, settings, history, card, before, activate=False
     )
+    after_sets = label_set_metrics(studio, version, seen)
+    studio.store.update_card(
+        version,
+        **{f"metrics_{name}": found for name, found in after_sets.items()},
+        **{f"metrics_before_{name}": found for name, found in before_sets.items()},
+    )
+    if activate:
+        studio.activate(version, force=force)
+    label_sets = {
+        name: {"before": before_sets[name], "after": after_sets[name]}
+        for name in after_sets
+        if name in before_sets
+    }
     return FineTuneReport(
-        version, parent.version, len(pairs), history.seconds, before, after, pairs.summary, prepared
+        version,
+        parent.version,
+        len(pairs),
+        history.seconds,
+        before,
+        after,
+        pairs.summary,
+        prepared,
+        label_sets,
     )

@@ -137,10 +137,8 @@ def run_training_job(studio: Studio, run_id: int) -> TrainingRun:
         training.update(run_id, status="failed", message=f"{type(exc).__name__}: {exc}")
     else:
         before, after = report.metrics_before["map"], report.metrics_after["map"]
-        training.update(
-            run_id,
-            status="done",
-            version=report.version,
-            message=f"{report.version}: test mAP@10 {before:.4f} -> {after:.4f}",
-        )
+        message = f"{report.version}: test mAP@10 {before:.4f} -> {after:.4f}"
+        for name, found in report.label_sets.items():  # seen, unseen categories
+            message += f"; {name} {found['before']['map']:.4f} -> {found['after']['map']:.4f}"
+        training.update(run_id, status="done", version=report.version, message=message)
     return training.get(run_id)

@@ -205,6 +205,20 @@ def _hard_negatives(log: pd.DataFrame, settings: PairSettings) -> pd.DataFrame:
     return _verdicts(skipped, "negative", "hard", settings.click_weight, _LOG_PAIR)
 
 
+FEEDBACK_TYPES = ("click", "similar", "not_similar", "grade")  # what a person did to a result
+
+
+def feedback_labels(
+    log: pd.DataFrame, labels: Mapping[str, str | None], allowed: Collection[str]
+) -> list[str]:
+    """The categories the log's feedback covered, sorted: the labels of `allowed` images that
+    appear in it as a query, or as a clicked or judged result (a result only shown is not
+    feedback on its category). What a fine-tune learned from: its "seen" labels."""
+    acted = log.loc[log["InteractionType"].isin(FEEDBACK_TYPES), "DisplayedImageID"]
+    touched = set(log["QueryImageID"].dropna()) | set(acted.dropna())
+    return sorted({label for i in touched & set(allowed) if (label := labels.get(i))})
+
+
 def judgements(log: pd.DataFrame, settings: PairSettings = DEFAULT_SETTINGS) -> pd.DataFrame:
     """One row per judged (query_image_id, displayed_image_id) pair (see the module doc).
 

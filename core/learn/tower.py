@@ -48,6 +48,7 @@ from core.encoder.taps import (
 from core.gallery.images import ImageError
 from core.learn.training import (
     Callback,
+    Distillation,
     History,
     PairTensors,
     TrainingError,
@@ -285,6 +286,7 @@ def tower_fit(
     pairs: PairTensors,
     settings: TrainSettings,
     callbacks: Sequence[Callback] = (),
+    distillation: Distillation | None = None,
 ) -> TowerResult:
     """Train `parent`'s tower in `settings.mode` on `pairs` (rows into `ids`, `parent`'s
     gallery), then embed that gallery with it. The prefix runs once per image and its outputs
@@ -299,7 +301,7 @@ def tower_fit(
     width = prefix_taps.shape[1] + probe.tensor(1).shape[1]
     head = ResidualHead(encoder.dim, taps=width if settings.taps else 0)
     model = TowerModel(tower.suffix, encoder.heads, head, tower.suffix_stages)
-    history = fit(model, (inputs, prefix_taps), pairs, settings, callbacks)
+    history = fit(model, (inputs, prefix_taps), pairs, settings, callbacks, distillation)
     model.eval()
     with torch.no_grad():
         vectors = torch.cat(

@@ -62,6 +62,15 @@ class TrainSettings:
     collapse_std: float = 1e-4  # mean per-dimension std of outputs below this = collapse
     seed: int = 0
     taps: bool = True  # the new head also reads the tower's stage taps (none on a ViT)
+    # Keeping what the parent knows (README, "Fine-tuning that does not forget"):
+    # WiSE-FT: the share of the trained update kept, θ = θ0 + wise (θ - θ0) (1: all of it; a
+    # residual head starts at 0, so this scales its update)
+    wise: float = 1.0
+    l2sp: float = 0.0  # L2-SP: + l2sp x ||θ - θ0||² on the trainable weights
+    # distillation: + distill x KL(parent's similarities || the model's) over a batch of
+    # gallery rows each step, softmax at `distill_temperature` (needs `Distillation` data)
+    distill: float = 0.0
+    distill_temperature: float = 0.05
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -74,6 +83,10 @@ class TrainSettings:
             raise TrainingError("val_fraction must be in [0, 1) and patience >= 1.")
         if self.grad_clip <= 0 or self.weight_decay < 0 or self.collapse_std < 0:
             raise TrainingError("grad_clip > 0, weight_decay >= 0 and collapse_std >= 0.")
+        if not 0 < self.wise <= 1 or self.l2sp < 0 or self.distill < 0:
+            raise TrainingError("wise must be in (0, 1], l2sp >= 0 and distill >= 0.")
+        if self.distill_temperature <= 0:
+            raise TrainingError("distill_temperature must be > 0.")
 
     @classmethod
     def for_mode(cls, mode: str = "head", **overrides: object) -> TrainSettings:
@@ -146,6 +159,33 @@ class PairTensors:
         return alike & ~torch.eye(len(self), dtype=torch.bool)
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """What the distillation term reads: the parent's (n, D) unit vectors over the model's
+    input rows, and the rows it may sample (the gallery's train images: no labels are read,
+    and the test split stays out of training)."""
+
+    targets: torch.Tensor  # (n, D) float
+    rows: torch.Tensor  # (R,) long, rows of `targets` and of the model's inputs
+    batch_size: int = 256
+
+    def sample(self, generator: torch.Generator) -> torch.Tensor:
+        picked = torch.randperm(len(self.rows), generator=generator)[: self.batch_size]
+        return self.rows[picked]
+
+
+def similarity_kl(outputs: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(targets targets^T / t) || softmax(outputs outputs^T / t)) per row, mean;
+    (B, D') model outputs and (B, D) parent vectors, both unit; each row's own score left out.
+    Zero exactly when the model ranks the batch as the parent does, at this temperature."""
+    own = torch.eye(len(outputs), dtype=torch.bool)
+    ours = (outputs @ outputs.T / temperature).masked_fill(own, -torch.inf)
+    theirs = (targets @ targets.T / temperature).masked_fill(own, -torch.inf)
+    log_p, log_q = theirs.log_softmax(dim=1), ours.log_softmax(dim=1)
+    terms = log_p.exp() * (log_p - log_q)
+    return terms.masked_fill(own, 0.0).sum(dim=1).mean()
+
+
 # (B,) row numbers -> the model's inputs for those rows: a (B, D) tensor, or a tuple of
 # tensors passed as separate arguments (a tower's cached maps and taps)
 Features = Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]]
@@ -213,18 +253,44 @@ def _check_health(outputs: torch.Tensor, loss: float, settings: TrainSettings) -
         raise TrainingError("The embeddings collapsed to one point; training stopped.")
 
 
+def _keep_terms(
+    model: nn.Module,
+    features: Features,
+    trainable: list[nn.Parameter],
+    start: list[torch.Tensor],
+    settings: TrainSettings,
+    distillation: Distillation | None,
+    draws: torch.Generator,
+) -> torch.Tensor:
+    """The terms that hold the model near its parent: L2-SP on the weights, distillation of
+    the parent's similarities over a fresh batch of gallery rows."""
+    total = torch.zeros(())
+    if settings.l2sp:
+        drift = sum(((p - p0) ** 2).sum() for p, p0 in zip(trainable, start, strict=True))
+        total = total + settings.l2sp * drift
+    if settings.distill and distillation is not None:
+        rows = distillation.sample(draws)
+        outputs = _run(model, features(rows))
+        kl = similarity_kl(outputs, distillation.targets[rows], settings.distill_temperature)
+        total = total + settings.distill * kl
+    return total
+
+
 def fit(
     model: nn.Module,
     inputs: torch.Tensor | tuple[torch.Tensor, ...] | Features,
     pairs: PairTensors,
     settings: TrainSettings,
     callbacks: Sequence[Callback] = (),
+    distillation: Distillation | None = None,
 ) -> History:
     """Train `model` on `pairs` over `inputs`: an (n, D) matrix, a tuple of (n, ...) tensors
     (the model's arguments, row by row), or a function of row numbers (which may, say,
     augment images afresh on every call); returns its history. The model ends at
     its best epoch: lowest validation loss, or lowest training loss without a validation
-    slice (too few pairs to hold any out)."""
+    slice (too few pairs to hold any out), then moved back toward where it started by
+    `settings.wise`. `settings.l2sp` and `settings.distill` (with `distillation`) add their
+    terms to the training loss; the validation loss is the contrastive one alone."""
     if len(pairs) < 2:
         raise TrainingError("Fewer than 2 training pairs: log more feedback first.")
     torch.manual_seed(settings.seed)
@@ -235,10 +301,12 @@ def fit(
     train, val = _split(pairs, settings.val_fraction, settings.seed)
     loss_fn = InfoNCELoss(temperature=settings.temperature, symmetric=True)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in trainable]  # θ0: L2-SP's anchor, WiSE-FT's end
     optimiser = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     steps = math.ceil(len(train) / settings.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=settings.epochs * steps)
     generator = torch.Generator().manual_seed(settings.seed)
+    draws = torch.Generator().manual_seed(settings.seed + 1)  # distillation's gallery rows
     best, best_state, waited = math.inf, None, 0
     for epoch in range(1, settings.epochs + 1):
         model.train()
@@ -246,8 +314,11 @@ def fit(
         for step in range(steps):
             batch = train.take(order[step * settings.batch_size : (step + 1) * settings.batch_size])
             loss, outputs = _loss(model, features, batch, loss_fn)
+            total = loss + _keep_terms(
+                model, features, trainable, start, settings, distillation, draws
+            )
             optimiser.zero_grad()
-            loss.backward()
+            total.backward()
             nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
             optimiser.step()
             schedule.step()
@@ -272,5 +343,9 @@ def fit(
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
+    if settings.wise < 1:
+        with torch.no_grad():
+            for param, begun in zip(trainable, start, strict=True):
+                param.copy_(begun + settings.wise * (param - begun))
     history.seconds = round(time.perf_counter() - started, 2)
     return history

@@ -15,18 +15,23 @@ Relevance sources:
   latest grade (0–3) if it has one, else 1 for labelled similar and 0 for not similar (latest
   row wins, undone labels and cleared grades are no judgement). Unjudged items gain 0.
 Queries with no relevant item in the split are left out and counted in `n_excluded`.
+
+Label sets (`labels`): `all` counts every query; `seen` / `unseen` count only queries whose
+category a fine-tune's feedback covered / did not cover (`seen_labels` on the card of
+`labels_of`, default the version evaluated). The gallery the queries rank stays the whole split,
+so "unseen" asks how a version ranks the categories it never learned from among everything.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from core.choices import EVAL_SPLITS, METRIC_NAMES, RELEVANCE_SOURCES
+from core.choices import EVAL_SPLITS, LABEL_SETS, METRIC_NAMES, RELEVANCE_SOURCES
 from core.encoder.allocator import release_freed_memory
 from core.errors import LookalikeError
 from core.measure.metrics import RankingMetrics, per_query_metrics, ranking_metrics, top_by_scores
@@ -65,6 +70,8 @@ class Evaluation:
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # 95 % over queries
     per_label: list[dict[str, object]] = field(default_factory=list)
     seconds: float = 0.0
+    labels: str = "all"  # LABEL_SETS: whose queries counted
+    labels_of: str | None = None  # the version whose card's seen_labels split them
 
     def metrics(self) -> dict[str, float]:
         return {name: float(getattr(self, name)) for name in METRIC_NAMES}
@@ -182,10 +189,14 @@ def _label_ranking(
     vectors: np.ndarray,
     depth: int,
     block_bytes: int = _SCORE_BLOCK_BYTES,
+    query_labels: Collection[str] | None = None,
 ) -> Ranking:
     labels = np.array([r.label or "" for r in records], dtype=object)  # (N,)
     _, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)  # (N,), (C,)
-    queries = np.flatnonzero(labels != "")  # (Q,)
+    asked = labels != ""
+    if query_labels is not None:
+        asked &= np.isin(labels, np.array(sorted(query_labels), dtype=object))
+    queries = np.flatnonzero(asked)  # (Q,)
     ranked = _rank(vectors[queries], vectors, queries, depth, block_bytes)  # (Q, depth)
     gains = (codes[ranked] == codes[queries][:, None]).astype(np.float64)
     ids = np.array([r.id for r in records], dtype=object)
@@ -207,10 +218,12 @@ def _feedback_ranking(
     depth: int,
     labels: dict[str, str | None],
     block_bytes: int = _SCORE_BLOCK_BYTES,
+    query_labels: Collection[str] | None = None,
 ) -> Ranking:
     row_of = {r.id: i for i, r in enumerate(records)}
-    found = query_vectors(sorted(judgements))
-    query_ids = [q for q in sorted(judgements) if q in found]
+    asked = sorted(q for q in judgements if query_labels is None or labels.get(q) in query_labels)
+    found = query_vectors(asked)
+    query_ids = [q for q in asked if q in found]
     if not query_ids:
         return Ranking(
             [],
@@ -286,8 +299,10 @@ def build_ranking(
     relevance: str = "labels",
     depth: int = 10,
     query_vectors: QueryVectors | None = None,
+    query_labels: Collection[str] | None = None,
 ) -> Ranking:
-    """Rank every query of the split `depth` deep under `version`, with its relevance gains."""
+    """Rank every query of the split `depth` deep under `version`, with its relevance gains;
+    with `query_labels`, only the queries of those categories (the gallery stays the split)."""
     if relevance not in RELEVANCE_SOURCES:
         raise EvaluationError(
             f"Unknown relevance {relevance!r}; use one of {', '.join(RELEVANCE_SOURCES)}."
@@ -305,14 +320,18 @@ def build_ranking(
                 f"The {split} split has no labelled images to evaluate; ingest with "
                 "--label-from-folders (or run demo-data) first."
             )
-        return _label_ranking(records, vectors, min(depth, len(records) - 1))
+        return _label_ranking(
+            records, vectors, min(depth, len(records) - 1), query_labels=query_labels
+        )
     judgements = feedback_gains(store.feedback.interactions())
     if not judgements or len(records) < 2:
         raise EvaluationError("No logged judgements yet: label some results (or simulate).")
     # a query's label is its catalog label, whether or not it lies in the split
     labels = {i: r.label for i, r in store.get_images(list(judgements)).items()}
     lookup = query_vectors or _stored_vectors(index, version)
-    return _feedback_ranking(records, vectors, judgements, lookup, depth, labels)
+    return _feedback_ranking(
+        records, vectors, judgements, lookup, depth, labels, query_labels=query_labels
+    )
 
 
 def studio_ranking(
@@ -339,12 +358,17 @@ def evaluate_version(
     k: int = 10,
     relevance: str = "labels",
     query_vectors: QueryVectors | None = None,
+    labels: str = "all",
+    labels_of: str | None = None,
 ) -> Evaluation:
-    """Metrics at cutoff k for `version` on `split`, with per-label breakdown and intervals."""
+    """Metrics at cutoff k for `version` on `split`, with per-label breakdown and intervals;
+    `labels` `seen` / `unseen` count only the queries of the categories `labels_of`'s training
+    feedback covered / did not cover (`query_label_set`)."""
     if k < 1:
         raise EvaluationError("k must be at least 1.")
     started = time.perf_counter()
-    ranking = build_ranking(store, index, version, split, relevance, k, query_vectors)
+    asked = query_label_set(store, labels, labels_of or version)
+    ranking = build_ranking(store, index, version, split, relevance, k, query_vectors, asked)
     release_freed_memory()  # the ranking's score blocks: gone, and handed back
     summary = ranking.summary(k)
     return Evaluation(
@@ -358,7 +382,37 @@ def evaluate_version(
         intervals=_intervals(ranking, k),
         per_label=per_label_table(ranking, k),
         seconds=round(time.perf_counter() - started, 3),
+        labels=labels,
+        labels_of=None if labels == "all" else labels_of or version,
     )
+
+
+def seen_labels(store: Store, version: str) -> list[str] | None:
+    """The categories the training feedback behind `version` covered, over every round (its
+    card's `seen_labels`); None for a version no feedback trained (a base)."""
+    try:
+        found = store.get_model_version(version).card.get("seen_labels")
+    except StoreError as exc:
+        raise EvaluationError(str(exc)) from exc
+    return None if found is None else [str(label) for label in found]
+
+
+def query_label_set(store: Store, labels: str, labels_of: str) -> set[str] | None:
+    """The query categories of a label set: None for `all`; `seen`: `labels_of`'s seen labels;
+    `unseen`: every catalogued label but those."""
+    if labels not in LABEL_SETS:
+        raise EvaluationError(f"Unknown label set {labels!r}; use one of {', '.join(LABEL_SETS)}.")
+    if labels == "all":
+        return None
+    seen = seen_labels(store, labels_of)
+    if seen is None:
+        raise EvaluationError(
+            f"Version {labels_of!r} was not trained on feedback, so it has no seen or unseen "
+            "categories; name a fine-tuned version with --labels-of."
+        )
+    if labels == "seen":
+        return set(seen)
+    return {r.label for r in store.list_images() if r.label} - set(seen)
 
 
 def evaluate(
@@ -369,11 +423,27 @@ def evaluate(
     relevance: str = "labels",
     *,
     reuse: bool = False,
+    labels: str = "all",
+    labels_of: str | None = None,
 ) -> Evaluation:
     """Offline metrics of a version (default: the active one), stored as an evaluation run.
-    With `reuse`, a stored run of the same gallery and log state answers instead."""
+    With `reuse`, a stored run of the same gallery and log state answers instead. A `seen` /
+    `unseen` evaluation is returned, not stored: the stored runs are the pages' whole-split
+    figures, and a version's card keeps its seen / unseen figures from training time."""
     name = version or studio.active_version().version
     store = studio.store
+    if labels != "all":
+        return evaluate_version(
+            store,
+            studio.index,
+            name,
+            split,
+            k,
+            relevance,
+            studio.query_vectors(name),
+            labels,
+            labels_of,
+        )
     signature = store.state_signature()
     if reuse and (run := store.runs.latest_evaluation(name, split, k, relevance, signature)):
         return evaluation_from_run(run)
@@ -393,6 +463,25 @@ def evaluate(
         seconds=result.seconds,
     )
     return result
+
+
+def label_set_metrics(
+    studio: Studio, version: str, seen: Collection[str], split: str = "test", k: int = 10
+) -> dict[str, dict[str, float]]:
+    """`version`'s metrics on `split` at k over the queries of the `seen` categories and over
+    those of every other labelled one: {"seen": metrics, "unseen": metrics}, leaving out a set
+    with no query in the split. What a fine-tune records on its card, for itself and its parent
+    on the same sets (the card does not exist yet, so the sets are given, not read from it)."""
+    every = {r.label for r in studio.store.list_images() if r.label}
+    out: dict[str, dict[str, float]] = {}
+    for name, asked in (("seen", set(seen) & every), ("unseen", every - set(seen))):
+        ranking = build_ranking(
+            studio.store, studio.index, version, split, "labels", k, query_labels=asked
+        )
+        summary = ranking.summary(k)
+        if summary.n_queries:
+            out[name] = {metric: float(getattr(summary, metric)) for metric in METRIC_NAMES}
+    return out
 
 
 def metric_curves(ranking: Ranking, ks: Sequence[int]) -> pd.DataFrame:
@@ -438,5 +527,9 @@ def evaluation_from_run(run: EvaluationRun) -> Evaluation:
         intervals=intervals,
         per_label=run.per_label,
         seconds=run.seconds,
-        **{m: float(run.metrics[m]) for m in METRIC_NAMES},
+        mrr=float(run.metrics["mrr"]),
+        map=float(run.metrics["map"]),
+        precision_at_k=float(run.metrics["precision_at_k"]),
+        recall_at_k=float(run.metrics["recall_at_k"]),
+        ndcg_at_k=float(run.metrics["ndcg_at_k"]),
     )

@@ -7,11 +7,18 @@ position-bias model), clicks an examined result when it shares the query's label
 seed warns that clicks are noisy — clicks an examined irrelevant one with probability `noise`.
 Then it labels a share of the examined results similar / not similar by their true labels.
 Everything goes through the same store API as the UI, under the user `simulator`.
+
+`exclude_labels` holds a share of the train categories out of the feedback altogether: no
+query of theirs, and the user neither clicks nor labels a result of theirs (it is still shown
+and logged as an impression, as a person would have seen it). They are the categories a
+fine-tune never learned from ("unseen"). Which ones is fixed by the seed, drawn apart from the
+queries, so 0 (the default) simulates exactly what it did before the option existed.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -21,6 +28,7 @@ from core.store import Store
 from core.studio import SearchResult, Studio
 
 SIMULATOR_USER = "simulator"
+_EXCLUDE_STREAM = 1  # the excluded categories' draw: np.random.default_rng([seed, this])
 
 
 class SimulationError(LookalikeError, ValueError):
@@ -49,6 +57,7 @@ class SimulationReport:
     impressions: int
     clicks: int
     ctr: float
+    excluded_labels: list[str] = field(default_factory=list)  # categories left without feedback
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -75,12 +84,16 @@ def _act(
     query_label: str,
     model: ClickModel,
     rng: np.random.Generator,
+    ignored: Collection[str] = (),
 ) -> int:
-    """One simulated user's clicks and labels on one result list; returns the clicks."""
+    """One simulated user's clicks and labels on one result list (none on a result whose
+    label is `ignored`); returns the clicks."""
     clicks = 0
     for result in results:
         if rng.random() >= result.rank ** (-model.examine_decay):
             continue  # not examined
+        if result.label in ignored:
+            continue
         relevant = result.label == query_label
         if relevant or rng.random() < model.noise:
             store.feedback.log_interaction(query_id, result.image_id, "click")
@@ -91,6 +104,19 @@ def _act(
     return clicks
 
 
+def excluded_labels(labels: Collection[str], fraction: float, seed: int) -> list[str]:
+    """The round(fraction x |labels|) categories `simulate` leaves out, sorted: a seeded draw
+    over the sorted labels, from its own stream (the queries' draw does not move)."""
+    if not 0 <= fraction < 1:
+        raise SimulationError("--exclude-labels is a fraction in [0, 1).")
+    ordered = sorted(labels)
+    count = round(fraction * len(ordered))
+    if not count:
+        return []
+    rng = np.random.default_rng([seed, _EXCLUDE_STREAM])
+    return sorted(ordered[i] for i in rng.choice(len(ordered), size=count, replace=False))
+
+
 def simulate(
     studio: Studio,
     *,
@@ -98,13 +124,22 @@ def simulate(
     seed: int = 0,
     k: int = 10,
     model: ClickModel | None = None,
+    exclude_labels: float = 0.0,
+    exclude_seed: int | None = None,
 ) -> SimulationReport:
-    """Run `n_queries` simulated searches; reproducible for a seed and a gallery."""
+    """Run `n_queries` simulated searches; reproducible for a seed and a gallery. A fraction
+    `exclude_labels` of the train categories gets no feedback at all (`excluded_labels`, drawn
+    by `exclude_seed`, default `seed`: a second round passes the first's to keep them out)."""
     if n_queries < 1 or k < 1:
         raise SimulationError("simulate needs at least one query and k >= 1.")
     model = model or ClickModel()
     ids, labels, vectors = _train_gallery(studio)
-    queries = [i for i, label in enumerate(labels) if label]
+    excluded = excluded_labels(
+        {label for label in labels if label},
+        exclude_labels,
+        seed if exclude_seed is None else exclude_seed,
+    )
+    queries = [i for i, label in enumerate(labels) if label and label not in excluded]
     if len(ids) < 2 or not queries:
         raise SimulationError("simulate needs labelled train images: run demo-data first.")
     rng = np.random.default_rng(seed)
@@ -131,5 +166,5 @@ def simulate(
             location=user.location,
         )
         impressions += len(results)
-        clicks += _act(studio.store, query_id, results, str(labels[q]), model, rng)
-    return SimulationReport(n_queries, impressions, clicks, ctr(clicks, impressions))
+        clicks += _act(studio.store, query_id, results, str(labels[q]), model, rng, excluded)
+    return SimulationReport(n_queries, impressions, clicks, ctr(clicks, impressions), excluded)

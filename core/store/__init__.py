@@ -9,6 +9,7 @@
 from core.choices import EXPORT_FORMATS, INTERACTION_TYPES, QUERY_SOURCES, SPLITS
 from core.store.catalog import (
     BASE_VERSION,
+    FORGETTING_TOLERANCE,
     ImageRecord,
     ModelVersion,
     Store,
@@ -31,6 +32,7 @@ __all__ = [
     "BASE_VERSION",
     "BUSY_TIMEOUT_MS",
     "EXPORT_FORMATS",
+    "FORGETTING_TOLERANCE",
     "INTERACTION_TYPES",
     "LOG_COLUMNS",
     "MIGRATIONS",

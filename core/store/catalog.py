@@ -37,6 +37,11 @@ class ImageRecord:
     added_at: str = field(default_factory=utc_now)
 
 
+# activating a version whose unseen-category test metrics fell more than this (relative) below
+# its parent's needs a confirmation (`ModelVersion.forgetting`)
+FORGETTING_TOLERANCE = 0.01
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     """An immutable encoder snapshot; exactly one is active."""
@@ -50,7 +55,8 @@ class ModelVersion:
 
     def summary(self) -> dict[str, Any]:
         """One row of a versions table (`models`, the Train page): lineage, mode, and the test
-        metrics recorded when it was trained (empty for a base)."""
+        metrics recorded when it was trained (empty for a base), also over seen and unseen
+        categories (`label_sets`)."""
         return {
             "version": self.version,
             "active": self.active,
@@ -62,7 +68,42 @@ class ModelVersion:
             "metrics": self.card.get("metrics", {}),
             "metrics_before": self.card.get("metrics_before", {}),
             "pairs": (self.card.get("pairs") or {}).get("pairs"),
+            "seen_labels": len(self.card["seen_labels"]) if "seen_labels" in self.card else None,
+            "label_sets": self.label_sets(),
         }
+
+    def label_sets(self) -> dict[str, dict[str, dict[str, float]]]:
+        """The test metrics recorded at training time over the queries of the categories its
+        feedback covered and did not, against its parent's on the same queries:
+        {"seen": {"before": …, "after": …}, "unseen": …}; {} for a version without them."""
+        return {
+            name: {
+                "before": self.card.get(f"metrics_before_{name}", {}),
+                "after": self.card[f"metrics_{name}"],
+            }
+            for name in ("seen", "unseen")
+            if f"metrics_{name}" in self.card
+        }
+
+    def forgetting(self, tolerance: float = FORGETTING_TOLERANCE) -> str | None:
+        """Why activating this version needs a confirmation, or None: its test mAP@10 or MRR@10
+        over the categories its training feedback never covered (`metrics_unseen`, recorded
+        when it was trained) is more than `tolerance` (relative) below its parent's on the same
+        queries (`metrics_before_unseen`). A version without those figures passes."""
+        after = self.card.get("metrics_unseen") or {}
+        before = self.card.get("metrics_before_unseen") or {}
+        worse = [
+            f"{shown} {after[name]:.4f} against {before[name]:.4f}"
+            f" ({after[name] / before[name] - 1:+.1%})"
+            for name, shown in (("map", "mAP@10"), ("mrr", "MRR@10"))
+            if name in after and before.get(name) and after[name] < before[name] * (1 - tolerance)
+        ]
+        if not worse:
+            return None
+        return (
+            f"{self.version} ranks the categories its feedback never covered worse than its "
+            f"parent {self.parent}: {'; '.join(worse)} on the test split"
+        )
 
 
 @dataclass(frozen=True)

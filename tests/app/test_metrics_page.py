@@ -14,6 +14,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import core.measure.bases
+from core.learn.finetune import fine_tune
+from core.learn.training import TrainSettings
 from core.measure.eval_job import EvalRequest, run_eval_job
 from core.measure.evaluation import evaluate_version
 from core.measure.simulate import simulate
@@ -197,3 +199,24 @@ def test_bases_side_by_side_with_their_numbers_and_speed_when_timed(
     assert (table["images/s"] > 0).all()
     assert list(table["input px"]) == [64, 64] and list(table["vector size"]) == [32, 32]
     assert not any(b.label.startswith("Time ") for b in at.button)
+
+
+def test_seen_and_unseen_categories_against_each_parent(
+    app: Callable[[], AppTest], evaluated: Studio
+) -> None:
+    at = open_page(app)
+    assert any("No version was fine-tuned on feedback yet" in c.value for c in at.caption)
+    report = fine_tune(evaluated, TrainSettings(epochs=1))
+    at = open_page(app)
+    table = next(d.value for d in at.dataframe if "seen mAP@10" in d.value.columns)
+    [row] = table.to_dict("records")
+    assert (row["version"], row["parent"]) == (report.version, "base")
+    card = evaluated.store.get_model_version(report.version).card
+    assert row["seen categories"] == len(card["seen_labels"])
+    for name, found in report.label_sets.items():
+        for metric, shown in (("map", "mAP@10"), ("mrr", "MRR@10")):
+            assert row[f"{name} {shown} parent"] == pytest.approx(found["before"][metric])
+            assert row[f"{name} {shown}"] == pytest.approx(found["after"][metric])
+    assert row["needs confirmation"] == (
+        evaluated.store.get_model_version(report.version).forgetting() is not None
+    )

@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 import core.learn.jobs
 import core.measure.jobs
 from core.encoder.registry import get_encoder_spec
+from core.learn.finetune import fine_tune
 from core.learn.jobs import run_training_job
 from core.learn.training import TrainSettings
 from core.measure.base_job import run_base_job
@@ -115,3 +116,34 @@ def test_a_base_made_by_the_job_is_listed_with_its_encoder(
     row = table[table.version == "base-0001"].iloc[0]
     assert row.encoder == "tiny-test" and row.parent is None and not row.active
     assert any("base-0001 (tiny-test)" in c.value for c in at.caption)
+
+
+def test_a_version_that_forgets_unseen_categories_asks_before_it_is_activated(
+    app: Callable[[], AppTest], trained: Studio
+) -> None:
+    version = fine_tune(trained, TrainSettings(epochs=1)).version
+    recorded = trained.store.get_model_version(version).label_sets()
+    assert recorded["seen"]["after"]["map"] > 0  # training recorded both sets
+    trained.store.update_card(  # as if it had ranked the unseen categories 20 % worse
+        version,
+        metrics_unseen={"map": 0.4, "mrr": 0.8},
+        metrics_before_unseen={"map": 0.5, "mrr": 0.8},
+    )
+    at = train_page(app)
+    table = at.dataframe[0].value.set_index("version")
+    assert table.loc[version, "unseen mAP before"] == 0.5
+    assert table.loc[version, "unseen mAP after"] == 0.4
+    assert table.loc[version, "seen mAP after"] == pytest.approx(recorded["seen"]["after"]["map"])
+    assert table.loc[version, "seen categories"] >= 1
+    assert table["unseen mAP after"].isna()["base"]
+
+    next(s for s in at.selectbox if s.label == "Version").set_value(version).run()
+    assert any("never covered" in w.value and "-20.0%" in w.value for w in at.warning)
+    activate = next(b for b in at.button if b.label == "Activate")
+    assert activate.disabled
+    next(c for c in at.checkbox if c.label == "Activate it anyway").check().run()
+    activate = next(b for b in at.button if b.label == "Activate")
+    assert not activate.disabled
+    activate.click().run()
+    assert not at.exception, at.exception
+    assert trained.store.active_version().version == version

@@ -246,6 +246,7 @@ def test_cli_train_reports_before_and_after_and_does_not_activate(fed: Studio) -
         "metrics_before",
         "metrics_after",
         "prepare_seconds",
+        "label_sets",
     }
     assert isinstance(payload["prepare_seconds"], float)  # reading the cached taps
     assert payload["prepare_seconds"] >= 0

@@ -141,6 +141,7 @@ def test_report_json_counts_equal_the_exported_log(labelled: Studio, tmp_path: P
         "impressions": impressions,
         "clicks": clicks,
         "ctr": pytest.approx(clicks / impressions),
+        "excluded_labels": [],
     }
     assert (queries, impressions) == (15, 15 * 4)
 
