@@ -271,6 +271,7 @@ def cmd_train(studio: Any, args: argparse.Namespace) -> int:
         wise=args.wise,
         l2sp=args.l2sp,
         distill=args.distill,
+        views=args.views,
     )
     if args.images:  # self-supervised: no labels, two augmented views per image
         from core.learn.selfsup import load_folder, self_supervised
@@ -667,6 +668,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--distill",
         type=float,
         help="weight of distilling the parent's similarities over train images (default: per mode)",
+    )
+    train.add_argument(
+        "--views",
+        type=float,
+        help="head: weight of (train image, augmented view) pairs mixed into the feedback (0)",
     )
     train.add_argument("--activate", action="store_true", help="make the new version active")
     train.add_argument(

@@ -154,6 +154,30 @@ def distillation(studio: Studio, ids: Sequence[str], vectors: np.ndarray) -> Dis
     return Distillation(torch.from_numpy(vectors), torch.tensor(rows, dtype=torch.long))
 
 
+def _add_views(
+    studio: Studio,
+    parent: ModelVersion,
+    ids: list[str],
+    inputs: np.ndarray,
+    tensors: PairTensors,
+    settings: TrainSettings,
+) -> tuple[np.ndarray, PairTensors]:
+    """`inputs` with one augmented view of each train image appended (`core.learn.views`),
+    and `tensors` with a pair per view at weight `settings.views`."""
+    from core.learn.views import view_inputs, with_views
+
+    train = {r.id for r in studio.store.list_images(split="train")}
+    sources = [n for n, image_id in enumerate(ids) if image_id in train]
+    views = view_inputs(
+        studio.gallery_image, studio.encoder(parent), [ids[n] for n in sources], settings.seed
+    )
+    if views.shape[1] != inputs.shape[1]:  # a head without taps reads the vector alone
+        views = views[:, : inputs.shape[1]]
+    sources_tensor = torch.tensor(sources, dtype=torch.long)
+    paired = with_views(tensors, sources_tensor, len(inputs), settings.views, settings.seed)
+    return np.concatenate([inputs, views]), paired
+
+
 def head_vectors(
     head: torch.nn.Module, ids: list[str], inputs: np.ndarray
 ) -> tuple[list[str], np.ndarray]:
@@ -213,10 +237,14 @@ def fine_tune(
             prepared = round(time.perf_counter() - started, 2)
         inputs = np.concatenate([vectors, taps], axis=1)
         head = ResidualHead(vectors.shape[1], taps=taps.shape[1])
+        rows, tensors = inputs, _tensors(pairs, row)
+        if settings.views:
+            rows, tensors = _add_views(studio, parent, ids, inputs, tensors, settings)
+            card["views"] = len(rows) - len(inputs)
         history = fit(
             head,
-            torch.from_numpy(inputs),
-            _tensors(pairs, row),
+            torch.from_numpy(rows),
+            tensors,
             settings,
             callbacks,
             distillation(studio, ids, vectors),

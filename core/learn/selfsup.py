@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 from torch import nn
-from torchvision import transforms
 
 from core.encoder.heads import ResidualHead
 from core.encoder.model import Encoder
@@ -32,36 +31,11 @@ from core.learn.training import (
     TrainSettings,
     fit,
 )
+from core.learn.views import encoder_normalisation, simclr_augment
 from core.measure.evaluation import evaluate
 
 if TYPE_CHECKING:
     from core.studio import Studio
-
-
-def simclr_augment(size: int, mean: Sequence[float], std: Sequence[float]) -> transforms.Compose:
-    """SimCLR's augmentations at the encoder's input size and normalisation."""
-    return transforms.Compose(
-        [
-            transforms.RandomResizedCrop(size, scale=(0.2, 1.0)),
-            transforms.RandomHorizontalFlip(),
-            transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            transforms.RandomGrayscale(p=0.2),
-            transforms.RandomApply([transforms.GaussianBlur(9, sigma=(0.1, 2.0))], p=0.5),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
-
-
-def _normalisation(encoder: Encoder) -> tuple[int, Sequence[float], Sequence[float]]:
-    """Input size, mean and std of the encoder's own preprocessing."""
-    steps = getattr(encoder.preprocess, "transforms", [])
-    normalise = next((t for t in steps if isinstance(t, transforms.Normalize)), None)
-    size = getattr(encoder.model.visual, "image_size", 224)
-    size = size[0] if isinstance(size, tuple) else int(size)
-    if normalise is None:
-        return size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    return size, list(normalise.mean), list(normalise.std)
 
 
 class AugmentedViews:
@@ -69,7 +43,7 @@ class AugmentedViews:
 
     def __init__(self, encoder: Encoder, images: Sequence[Image.Image]) -> None:
         self.encoder, self.images = encoder, images
-        self.augment = simclr_augment(*_normalisation(encoder))
+        self.augment = simclr_augment(*encoder_normalisation(encoder))
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, D)
         pixels = torch.stack([self.augment(self.images[int(i)]) for i in rows])

@@ -71,6 +71,9 @@ class TrainSettings:
     # gallery rows each step, softmax at `distill_temperature` (needs `Distillation` data)
     distill: float = 0.0
     distill_temperature: float = 0.05
+    # head: + one (image, augmented view) pair per train image at this weight (0: none;
+    # `core.learn.views`): self-supervised positives over every category beside the feedback
+    views: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -83,8 +86,8 @@ class TrainSettings:
             raise TrainingError("val_fraction must be in [0, 1) and patience >= 1.")
         if self.grad_clip <= 0 or self.weight_decay < 0 or self.collapse_std < 0:
             raise TrainingError("grad_clip > 0, weight_decay >= 0 and collapse_std >= 0.")
-        if not 0 < self.wise <= 1 or self.l2sp < 0 or self.distill < 0:
-            raise TrainingError("wise must be in (0, 1], l2sp >= 0 and distill >= 0.")
+        if not 0 < self.wise <= 1 or min(self.l2sp, self.distill, self.views) < 0:
+            raise TrainingError("wise must be in (0, 1]; l2sp, distill and views >= 0.")
         if self.distill_temperature <= 0:
             raise TrainingError("distill_temperature must be > 0.")
 

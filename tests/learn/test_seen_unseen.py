@@ -33,6 +33,7 @@ from core.learn.training import (
     fit,
     similarity_kl,
 )
+from core.learn.views import view_inputs, with_views
 from core.measure.evaluation import EvaluationError, evaluate, label_set_metrics
 from core.measure.seen import seen_unseen_rows
 from core.measure.simulate import excluded_labels, simulate
@@ -348,3 +349,51 @@ def test_keep_settings_are_checked() -> None:
         with pytest.raises(TrainingError):
             TrainSettings(**bad)  # type: ignore[arg-type]
     assert json.loads(json.dumps(TrainSettings().__dict__))["wise"] == 1.0
+
+
+def test_with_views_adds_one_pair_per_source_sharing_its_group() -> None:
+    base = PairTensors(
+        anchors=torch.tensor([0, 1]),
+        positives=torch.tensor([1, 0]),
+        negatives=torch.tensor([[2, 3], [3, 2]]),
+        weights=torch.tensor([1.0, 0.3]),
+        groups=torch.tensor([0, 0, -1, -1, -1]),
+    )
+    sources = torch.tensor([0, 2, 3, 4])
+    mixed = with_views(base, sources, first_view=5, weight=0.5, seed=0)
+    assert mixed.anchors.tolist() == [0, 1, 0, 2, 3, 4]
+    assert mixed.positives.tolist() == [1, 0, 5, 6, 7, 8]
+    assert mixed.weights.tolist() == [1.0, 0.30000001192092896, 0.5, 0.5, 0.5, 0.5]
+    assert mixed.negatives.shape == (6, 2)
+    for source, negatives in zip(sources.tolist(), mixed.negatives[2:].tolist(), strict=True):
+        assert source not in negatives and set(negatives) <= set(sources.tolist())
+    groups = mixed.groups
+    assert groups is not None and len(groups) == 9
+    assert groups[5] == groups[0] == 0  # the view of a grouped image joins its group
+    for k, source in enumerate([2, 3, 4]):  # an ungrouped image and its view: a fresh group
+        assert groups[6 + k] == groups[source] >= 1
+    assert len({int(groups[s]) for s in (2, 3, 4)}) == 3
+    alike = mixed.known_alike()
+    assert alike is not None and not alike[2, 2]  # a pair is never its own ignored candidate
+    assert alike[0, 2] and alike[2, 0]  # image 0, its view and image 1: one group
+    assert not alike[3, 4]  # image 2 against the view of image 3: a negative
+
+
+def test_a_head_fine_tune_with_views_trains_on_one_view_per_train_image(fed: Studio) -> None:
+    report = fine_tune(fed, TrainSettings(epochs=2, views=0.5))
+    card = fed.store.get_model_version(report.version).card
+    n_train = len(fed.store.list_images(split="train"))
+    assert card["views"] == n_train and card["settings"]["views"] == 0.5
+    ids = sorted(r.id for r in fed.store.list_images())
+    found, _ = fed.index.get_embeddings(report.version, ids)
+    assert found == ids  # the gallery is indexed, not the views
+
+
+def test_view_inputs_are_seeded_rows_of_vector_and_taps(fed: Studio) -> None:
+    encoder = fed.encoder(fed.active_version())
+    ids = [r.id for r in fed.store.list_images(split="train")][:3]
+    first = view_inputs(fed.gallery_image, encoder, ids, seed=0)
+    np.testing.assert_array_equal(first, view_inputs(fed.gallery_image, encoder, ids, seed=0))
+    assert not np.allclose(first, view_inputs(fed.gallery_image, encoder, ids, seed=1))
+    assert first.shape[0] == 3 and first.shape[1] > encoder.dim  # the taps follow the vector
+    np.testing.assert_allclose(np.linalg.norm(first[:, : encoder.dim], axis=1), 1.0, atol=1e-5)
