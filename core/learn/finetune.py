@@ -198,12 +198,13 @@ def fine_tune(
     callbacks: Sequence[Callback] = (),
 ) -> FineTuneReport:
     """Fine-tune the active version on its logged feedback (train split only) in
-    `settings.mode` (default: `head`) into a new version, indexed and evaluated on `test`:
-    over every query, and over those of the categories its feedback covered (its card's
-    `seen_labels`, every round's) and did not (`metrics_seen`, `metrics_unseen`, and the
-    parent's on the same sets, `metrics_before_seen` / `metrics_before_unseen`). `activate`
-    makes it active unless it forgets unseen categories (`Studio.activate`; `force` anyway)."""
-    settings = settings or TrainSettings()
+    `settings.mode` (default: `head` with its `MODE_DEFAULTS`) into a new version, indexed and
+    evaluated on `test`: over every query, and over those of the categories its feedback
+    covered (its card's `seen_labels`, every round's) and did not (`metrics_seen`,
+    `metrics_unseen`, and the parent's on the same sets, `metrics_before_seen` /
+    `metrics_before_unseen`). `activate` makes it active unless it forgets unseen categories
+    (`Studio.activate`; `force` anyway)."""
+    settings = settings or TrainSettings.for_mode("head")
     pair_settings = pair_settings or PairSettings()
     parent = studio.active_version()
     ids, vectors = studio.index.get_embeddings(parent.version)

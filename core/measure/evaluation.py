@@ -469,9 +469,10 @@ def label_set_metrics(
     studio: Studio, version: str, seen: Collection[str], split: str = "test", k: int = 10
 ) -> dict[str, dict[str, float]]:
     """`version`'s metrics on `split` at k over the queries of the `seen` categories and over
-    those of every other labelled one: {"seen": metrics, "unseen": metrics}, leaving out a set
-    with no query in the split. What a fine-tune records on its card, for itself and its parent
-    on the same sets (the card does not exist yet, so the sets are given, not read from it)."""
+    those of every other labelled one: {"seen": metrics, "unseen": metrics}, each with its
+    `n_queries`, leaving out a set with no query in the split. What a fine-tune records on its
+    card, for itself and its parent on the same sets (the card does not exist yet, so the sets
+    are given, not read from it)."""
     every = {r.label for r in studio.store.list_images() if r.label}
     out: dict[str, dict[str, float]] = {}
     for name, asked in (("seen", set(seen) & every), ("unseen", every - set(seen))):
@@ -480,7 +481,8 @@ def label_set_metrics(
         )
         summary = ranking.summary(k)
         if summary.n_queries:
-            out[name] = {metric: float(getattr(summary, metric)) for metric in METRIC_NAMES}
+            found = {metric: float(getattr(summary, metric)) for metric in METRIC_NAMES}
+            out[name] = found | {"n_queries": summary.n_queries}
     return out
 
 

@@ -100,9 +100,10 @@ class ModelVersion:
         ]
         if not worse:
             return None
+        counted = f" ({int(after['n_queries'])} queries)" if "n_queries" in after else ""
         return (
             f"{self.version} ranks the categories its feedback never covered worse than its "
-            f"parent {self.parent}: {'; '.join(worse)} on the test split"
+            f"parent {self.parent}: {'; '.join(worse)} on the test split{counted}"
         )
 
 

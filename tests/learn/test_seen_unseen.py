@@ -159,7 +159,7 @@ def test_a_fine_tune_records_its_seen_labels_and_both_sets_before_and_after(
         reference = brute_force_sets(held_out, version, set(expected))
         for name in ("seen", "unseen"):
             n_queries = reference[name].pop("n_queries")
-            assert n_queries > 0
+            assert card[f"{prefix}{name}"]["n_queries"] == n_queries > 0
             for metric, value in reference[name].items():
                 assert card[f"{prefix}{name}"][metric] == pytest.approx(value, abs=1e-9)
     assert report.label_sets["unseen"]["after"] == card["metrics_unseen"]
@@ -168,10 +168,14 @@ def test_a_fine_tune_records_its_seen_labels_and_both_sets_before_and_after(
 
     # evaluate --labels reads the card: the parent on its child's sets, the child on its own
     parent_unseen = evaluate(held_out, "base", "test", labels="unseen", labels_of=report.version)
-    assert parent_unseen.metrics() == pytest.approx(card["metrics_before_unseen"])
+    assert card["metrics_before_unseen"] == pytest.approx(
+        parent_unseen.metrics() | {"n_queries": parent_unseen.n_queries}
+    )
     assert (parent_unseen.labels, parent_unseen.labels_of) == ("unseen", report.version)
     child_seen = evaluate(held_out, report.version, "test", labels="seen")
-    assert child_seen.metrics() == pytest.approx(card["metrics_seen"])
+    assert card["metrics_seen"] == pytest.approx(
+        child_seen.metrics() | {"n_queries": child_seen.n_queries}
+    )
     assert child_seen.labels_of == report.version
     whole = evaluate(held_out, report.version, "test")
     assert (
@@ -237,7 +241,7 @@ def forgetful(studio: Studio, drop: float) -> str:
     """A trained version whose recorded unseen mAP sits `drop` (relative) below its parent's."""
     report = fine_tune(studio, TrainSettings(epochs=1))
     before = {"map": 0.5, "mrr": 0.8}
-    after = {"map": 0.5 * (1 - drop), "mrr": 0.8}
+    after = {"map": 0.5 * (1 - drop), "mrr": 0.8, "n_queries": 12}
     studio.store.update_card(report.version, metrics_unseen=after, metrics_before_unseen=before)
     return report.version
 
@@ -246,6 +250,7 @@ def test_activating_a_version_that_forgets_needs_a_confirmation(held_out: Studio
     version = forgetful(held_out, drop=0.02)
     why = held_out.store.get_model_version(version).forgetting()
     assert why is not None and "mAP@10 0.4900 against 0.5000 (-2.0%)" in why
+    assert why.endswith("on the test split (12 queries)")
     assert "MRR" not in why
     with pytest.raises(ActivationRefused, match="--force"):
         held_out.activate(version)
