@@ -417,4 +417,6 @@ def test_mode_defaults_then_overrides_and_none_keeps_the_default() -> None:
         15,
         0.1,
     )
-    assert TrainSettings.for_mode("head") == TrainSettings()
+    # the head's one default beyond the dataclass's: L2-SP toward where it starts
+    assert TrainSettings.for_mode("head") == TrainSettings(l2sp=0.03)
+    assert TrainSettings.for_mode("head", l2sp=0.0) == TrainSettings()
