@@ -146,11 +146,16 @@ def register_version(
     return version, after
 
 
-def distillation(studio: Studio, ids: Sequence[str], vectors: np.ndarray) -> Distillation:
-    """The parent's vectors as the distillation term's targets, over the gallery's train
-    images (`Distillation`): no test image enters training, labelled or not."""
+def train_rows(studio: Studio, ids: Sequence[str]) -> list[int]:
+    """The positions in `ids` of the gallery's train images: what distillation samples and
+    what views are made of (no test image enters training, labelled or not)."""
     train = {r.id for r in studio.store.list_images(split="train")}
-    rows = [n for n, image_id in enumerate(ids) if image_id in train]
+    return [n for n, image_id in enumerate(ids) if image_id in train]
+
+
+def distillation(vectors: np.ndarray, rows: Sequence[int]) -> Distillation:
+    """The parent's (n, D) vectors as the distillation term's targets, sampled over `rows`
+    (`train_rows`)."""
     return Distillation(torch.from_numpy(vectors), torch.tensor(rows, dtype=torch.long))
 
 
@@ -158,16 +163,16 @@ def _add_views(
     studio: Studio,
     parent: ModelVersion,
     ids: list[str],
+    sources: Sequence[int],
     inputs: np.ndarray,
     tensors: PairTensors,
     settings: TrainSettings,
 ) -> tuple[np.ndarray, PairTensors]:
-    """`inputs` with one augmented view of each train image appended (`core.learn.views`),
-    and `tensors` with a pair per view at weight `settings.views`."""
+    """`inputs` with one augmented view of each train image (`sources`, rows of `ids`)
+    appended (`core.learn.views`), and `tensors` with a pair per view at weight
+    `settings.views`."""
     from core.learn.views import view_inputs, with_views
 
-    train = {r.id for r in studio.store.list_images(split="train")}
-    sources = [n for n, image_id in enumerate(ids) if image_id in train]
     views = view_inputs(
         studio.gallery_image, studio.encoder(parent), [ids[n] for n in sources], settings.seed
     )
@@ -225,6 +230,7 @@ def fine_tune(
         "seen_labels": seen,
     }
     prepared = 0.0  # seconds spent reading the gallery before training
+    train = train_rows(studio, ids)
     if settings.mode == "head":
         # (n, D) frozen unit features, read once above, and the tower's (n, t) stage taps
         taps = np.zeros((len(ids), 0), dtype=np.float32)
@@ -240,7 +246,7 @@ def fine_tune(
         head = ResidualHead(vectors.shape[1], taps=taps.shape[1])
         rows, tensors = inputs, _tensors(pairs, row)
         if settings.views:
-            rows, tensors = _add_views(studio, parent, ids, inputs, tensors, settings)
+            rows, tensors = _add_views(studio, parent, ids, train, inputs, tensors, settings)
             card["views"] = len(rows) - len(inputs)
         history = fit(
             head,
@@ -248,7 +254,7 @@ def fine_tune(
             tensors,
             settings,
             callbacks,
-            distillation(studio, ids, vectors),
+            distillation(vectors, train),
         )
         weights = {HEAD_FILE: dict(head.state_dict())}
         gallery = head_vectors(head, ids, inputs)
@@ -262,7 +268,7 @@ def fine_tune(
             _tensors(pairs, row),
             settings,
             callbacks,
-            distillation(studio, ids, vectors),
+            distillation(vectors, train),
         )
         history, gallery = result.history, (ids, result.vectors)
         weights = {TOWER_FILE: result.tower, HEAD_FILE: result.head}
@@ -272,18 +278,13 @@ def fine_tune(
         studio, parent, weights, gallery, settings, history, card, before, activate=False
     )
     after_sets = label_set_metrics(studio, version, seen)
-    studio.store.update_card(
+    recorded = studio.store.update_card(  # the version as now stored: its label sets read back
         version,
         **{f"metrics_{name}": found for name, found in after_sets.items()},
         **{f"metrics_before_{name}": found for name, found in before_sets.items()},
     )
     if activate:
         studio.activate(version, force=force)
-    label_sets = {
-        name: {"before": before_sets[name], "after": after_sets[name]}
-        for name in after_sets
-        if name in before_sets
-    }
     return FineTuneReport(
         version,
         parent.version,
@@ -293,5 +294,5 @@ def fine_tune(
         after,
         pairs.summary,
         prepared,
-        label_sets,
+        recorded.label_sets(),
     )

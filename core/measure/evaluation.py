@@ -412,7 +412,7 @@ def query_label_set(store: Store, labels: str, labels_of: str) -> set[str] | Non
         )
     if labels == "seen":
         return set(seen)
-    return {r.label for r in store.list_images() if r.label} - set(seen)
+    return labelled_categories(store) - set(seen)
 
 
 def evaluate(
@@ -473,17 +473,34 @@ def label_set_metrics(
     `n_queries`, leaving out a set with no query in the split. What a fine-tune records on its
     card, for itself and its parent on the same sets (the card does not exist yet, so the sets
     are given, not read from it)."""
-    every = {r.label for r in studio.store.list_images() if r.label}
+    every = labelled_categories(studio.store)
     out: dict[str, dict[str, float]] = {}
     for name, asked in (("seen", set(seen) & every), ("unseen", every - set(seen))):
-        ranking = build_ranking(
-            studio.store, studio.index, version, split, "labels", k, query_labels=asked
-        )
-        summary = ranking.summary(k)
-        if summary.n_queries:
-            found = {metric: float(getattr(summary, metric)) for metric in METRIC_NAMES}
-            out[name] = found | {"n_queries": summary.n_queries}
+        found = label_metrics(studio.store, studio.index, version, split, k, asked)
+        if found["n_queries"]:
+            out[name] = found
     return out
+
+
+def labelled_categories(store: Store) -> set[str]:
+    """Every label the catalog holds."""
+    return {r.label for r in store.list_images() if r.label}
+
+
+def label_metrics(
+    store: Store,
+    index: VectorIndex,
+    version: str,
+    split: str,
+    k: int,
+    query_labels: Collection[str],
+) -> dict[str, float]:
+    """`version`'s mean metrics at k (label relevance) over the queries of `query_labels` on
+    `split`, the gallery they rank staying the whole split, with `n_queries`."""
+    ranking = build_ranking(store, index, version, split, "labels", k, query_labels=query_labels)
+    summary = ranking.summary(k)
+    found = {metric: float(getattr(summary, metric)) for metric in METRIC_NAMES}
+    return found | {"n_queries": summary.n_queries}
 
 
 def metric_curves(ranking: Ranking, ks: Sequence[int]) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from core.choices import METRIC_NAMES
 from core.errors import LookalikeError
 from core.gallery.demo import DEMO_EXTENSIONS, fetch_demo_stamps
 from core.gallery.ingest import Candidate, Rejected, iter_candidates
-from core.measure.evaluation import build_ranking
+from core.measure.evaluation import label_metrics
 from core.measure.simulate import simulate
 from core.studio import Studio
 
@@ -74,9 +74,8 @@ def _split(
 
 
 def _metrics(studio: Studio, version: str, held: Collection[str]) -> tuple[dict[str, float], int]:
-    ranking = build_ranking(studio.store, studio.index, version, "all", "labels", 10, None, held)
-    summary = ranking.summary(10)
-    return {name: float(getattr(summary, name)) for name in METRIC_NAMES}, summary.n_queries
+    found = label_metrics(studio.store, studio.index, version, "all", 10, held)
+    return found, int(found.pop("n_queries"))
 
 
 def new_category_check(
